@@ -1,0 +1,24 @@
+"""x86 (AVX2 / AVX-512) schedules for the GRU step.
+
+The step is the shared CPU rule of :mod:`.base` (register-tiled product with the gate math in its
+epilogue); x86 only decides its knobs: 12 of the 16 ymm registers (AVX2) hold accumulators, and a
+second core is used only when each phase streams enough weights to pay for a parallel launch (~1.7 us).
+"""
+
+from __future__ import annotations
+
+from .base import CPUStepRule
+
+
+class X86StepRule(CPUStepRule):
+    """The x86 rule (AVX2 has 16 vector registers; AVX-512 has 32 but we keep the same tile)."""
+
+    max_accumulators = 12
+
+    def is_target(self, target) -> bool:
+        from tvm_gru.targets import family  # noqa: PLC0415
+
+        return target.kind.name == "llvm" and family(target) == "x86"
+
+
+RULES = (X86StepRule(),)

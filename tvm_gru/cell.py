@@ -1,0 +1,306 @@
+"""``GRUCell``: the Keras v1 GRU cell, computed by a TVM-compiled kernel.
+
+Mirrors ``tf.compat.v1.keras.layers.GRUCell`` (tf_keras ``gru_v1.GRUCell``): the constructor validates and
+creates no weights, ``build`` creates them, ``cell(inputs, states, training=None)`` returns
+``(output, [new_state])`` (or ``(output, new_state)`` for a bare state), ``get_config`` is flat and
+Keras-compatible.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import constraints, initializers, regularizers, targets
+from .config import GRUConfig, StepSpec, check_positive_int
+from .inputs import as_array, check_step_args
+from .packing import pack_weights
+
+__all__ = ["GRUCell"]
+
+_SERIAL = {"kernel_initializer": initializers, "recurrent_initializer": initializers,
+           "bias_initializer": initializers, "kernel_regularizer": regularizers,
+           "recurrent_regularizer": regularizers, "bias_regularizer": regularizers,
+           "kernel_constraint": constraints, "recurrent_constraint": constraints, "bias_constraint": constraints}
+_COUNTER = [0]
+
+
+class GRUCell:
+    """Keras v1 GRU cell (defaults: hard_sigmoid, reset_after=False, implementation=1).
+
+    Parameters
+    ----------
+    units : int
+        H, the state width.
+    activation, recurrent_activation : str or None
+        Keras element-wise activation names (None = linear).
+    use_bias : bool
+    kernel_initializer, recurrent_initializer, bias_initializer : str, dict or Initializer
+    kernel_regularizer, recurrent_regularizer, bias_regularizer : str, dict, Regularizer or None
+        Penalties are reported in :attr:`losses`.
+    kernel_constraint, recurrent_constraint, bias_constraint : str, dict, Constraint or None
+        Applied to weights given to :meth:`set_weights` (as Keras applies them after each update).
+    dropout, recurrent_dropout : float
+        Inverted-dropout rates for ``training=True`` calls (clamped to [0, 1] like Keras).
+    implementation : int
+        1 (per-gate products) or 2 (fused products).
+    reset_after : bool
+    dtype : str
+        "float32" or "float64".
+    target : None, str, dict or tvm.target.Target
+        Where the kernel runs; None = this machine's CPU.
+    seed : int, optional
+        Seeds weight initialisation and dropout masks.
+    name : str, optional
+    """
+
+    def __init__(self, units, activation="tanh", recurrent_activation="hard_sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 recurrent_constraint=None, bias_constraint=None, dropout=0.0, recurrent_dropout=0.0,
+                 implementation=1, reset_after=False, dtype="float32", target=None, seed=None, name=None):
+        self.config = GRUConfig(units=units, activation=activation, recurrent_activation=recurrent_activation,
+                                use_bias=use_bias, reset_after=reset_after, implementation=implementation,
+                                dropout=dropout, recurrent_dropout=recurrent_dropout, dtype=dtype)
+        args = dict(kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+                    bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
+                    recurrent_regularizer=recurrent_regularizer, bias_regularizer=bias_regularizer,
+                    kernel_constraint=kernel_constraint, recurrent_constraint=recurrent_constraint,
+                    bias_constraint=bias_constraint)
+        for key, value in args.items():
+            setattr(self, key, _SERIAL[key].get(value))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"`seed` must be an int or None, received {seed!r}")
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.target = targets.resolve(target)
+        self.lanes = targets.lanes(self.target, self.config.dtype)
+        if name is None:
+            _COUNTER[0] += 1
+            name = "gru_cell" if _COUNTER[0] == 1 else f"gru_cell_{_COUNTER[0] - 1}"
+        self.name = name
+        self.built = False
+        self.input_dim = None
+        self.kernel = self.recurrent_kernel = self.bias = None
+        self._packed = None
+        self._runners = {}
+        self._masks = {"input": None, "recurrent": None}
+
+    # ------------------------------------------------------------------ Keras properties
+    @property
+    def units(self) -> int:
+        return self.config.units
+
+    @property
+    def state_size(self) -> int:
+        return self.config.units
+
+    @property
+    def output_size(self) -> int:
+        return self.config.units
+
+    @property
+    def dtype(self) -> str:
+        return self.config.dtype
+
+    @property
+    def losses(self) -> list:
+        """Regularization penalties (floats) of kernel, recurrent kernel and bias, in Keras order."""
+        pairs = [(self.kernel_regularizer, self.kernel), (self.recurrent_regularizer, self.recurrent_kernel),
+                 (self.bias_regularizer, self.bias)]
+        return [float(reg(w)) for reg, w in pairs if reg is not None and w is not None]
+
+    # ------------------------------------------------------------------ weights
+    def build(self, input_shape) -> None:
+        """Create the weights for inputs of shape ``(..., input_dim)``."""
+        if isinstance(input_shape, numbers.Integral):
+            input_shape = (input_shape,)
+        try:
+            input_dim = tuple(input_shape)[-1]
+        except (TypeError, IndexError) as err:
+            raise TypeError(f"`input_shape` must be a shape tuple like (batch, input_dim); "
+                            f"received {input_shape!r}") from err
+        input_dim = check_positive_int("input_dim", input_dim)
+        c, dt = self.config, self.config.dtype
+        rng = self._rng
+
+        def init(initializer, shape):
+            return initializer(shape, dt, rng=None if getattr(initializer, "seed", None) is not None else rng)
+
+        self.input_dim = input_dim
+        self.kernel = np.asarray(init(self.kernel_initializer, (input_dim, 3 * c.units)), dt)
+        self.recurrent_kernel = np.asarray(init(self.recurrent_initializer, (c.units, 3 * c.units)), dt)
+        self.bias = np.asarray(init(self.bias_initializer, c.bias_shape), dt) if c.use_bias else None
+        self.built = True
+        self._repack()
+
+    def get_weights(self) -> list:
+        """``[kernel (I, 3H), recurrent_kernel (H, 3H), bias]`` (no bias when ``use_bias=False``)."""
+        self._require_built("get_weights")
+        weights = [self.kernel, self.recurrent_kernel] + ([self.bias] if self.config.use_bias else [])
+        return [w.copy() for w in weights]
+
+    def set_weights(self, weights) -> None:
+        """Set weights in Keras order; builds the cell from the kernel shape if needed."""
+        c = self.config
+        weights = list(weights)
+        expected = 3 if c.use_bias else 2
+        if len(weights) != expected:
+            raise ValueError(f"`weights` must be a list of {expected} arrays (kernel, recurrent_kernel"
+                             f"{', bias' if c.use_bias else ''}); received {len(weights)}")
+        arrays = [as_array(f"weights[{i}]", w) for i, w in enumerate(weights)]
+        input_dim = self.input_dim if self.built else (arrays[0].shape[0] if arrays[0].ndim == 2 else None)
+        shapes = [(input_dim, 3 * c.units), (c.units, 3 * c.units)] + ([c.bias_shape] if c.use_bias else [])
+        names = ["kernel", "recurrent_kernel", "bias"]
+        for i, (arr, shape) in enumerate(zip(arrays, shapes)):
+            if arr.shape != shape:
+                raise ValueError(f"`{names[i]}` must have shape {shape}; received {arr.shape}")
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"`{names[i]}` must be numeric; received dtype {arr.dtype}")
+        cons = [self.kernel_constraint, self.recurrent_constraint, self.bias_constraint]
+        out = []
+        for arr, con in zip(arrays, cons):
+            arr = np.array(arr, dtype=c.dtype, copy=True)
+            out.append(np.asarray(con(arr), c.dtype) if con is not None else arr)
+        self.input_dim = input_dim
+        self.kernel, self.recurrent_kernel = out[0], out[1]
+        self.bias = out[2] if c.use_bias else None
+        self.built = True
+        self._repack()
+
+    def _repack(self) -> None:
+        self._packed = pack_weights(self.config, self.kernel, self.recurrent_kernel, self.bias, self.lanes)
+        for runner in self._runners.values():
+            runner.set_weights(self._packed.values())
+
+    def _require_built(self, what: str) -> None:
+        if not self.built:
+            raise ValueError(f"`{what}` needs a built cell: call build(input_shape) or the cell first")
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        """A flat dict in the tf_keras ``GRUCell.get_config()`` format (plus ``seed``)."""
+        c = self.config
+        cfg = {"name": self.name, "trainable": True, "dtype": c.dtype, "units": c.units,
+               "activation": c.activation, "recurrent_activation": c.recurrent_activation, "use_bias": c.use_bias}
+        for key, module in _SERIAL.items():
+            obj = getattr(self, key)
+            cfg[key] = None if obj is None else module.serialize(obj, with_module=True)
+        cfg.update(dropout=c.dropout, recurrent_dropout=c.recurrent_dropout, implementation=c.implementation,
+                   reset_after=c.reset_after, seed=self.seed)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict, target=None) -> "GRUCell":
+        """Build a cell from :meth:`get_config` output or a real tf_keras ``GRUCell.get_config()`` dict."""
+        if not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
+        cfg = dict(config)
+        cfg.pop("trainable", None)
+        if "units" not in cfg:
+            raise ValueError("`config` has no 'units' entry")
+        known = set(cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount])
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"`config` has unsupported keys {unknown}; expected a subset of {sorted(known)}")
+        if target is not None:
+            cfg["target"] = target
+        return cls(**cfg)
+
+    # ------------------------------------------------------------------ states and masks
+    def get_initial_state(self, inputs=None, batch_size=None, dtype=None) -> np.ndarray:
+        """Zeros of shape (batch, units): batch from ``inputs`` or ``batch_size``."""
+        if inputs is not None:
+            inputs = as_array("inputs", inputs)
+            batch_size = inputs.shape[0]
+            dtype = dtype or inputs.dtype
+        if batch_size is None:
+            raise ValueError("batch_size and dtype cannot be None while constructing initial state: "
+                             "pass `inputs` or `batch_size`")
+        batch_size = check_positive_int("batch_size", batch_size) if batch_size != 0 else 0
+        return np.zeros((batch_size, self.units), dtype=np.dtype(dtype or self.config.dtype))
+
+    def reset_dropout_mask(self) -> None:
+        self._masks["input"] = None
+
+    def reset_recurrent_dropout_mask(self) -> None:
+        self._masks["recurrent"] = None
+
+    def _mask(self, kind: str, rate: float, count: int, shape: tuple) -> np.ndarray:
+        """Cached inverted-dropout masks (count, *shape): 0 with probability ``rate``, else 1/(1-rate)."""
+        cached = self._masks[kind]
+        if cached is not None and cached.shape == (count, *shape):
+            return cached
+        if rate >= 1.0:
+            raise ValueError(f"`{'dropout' if kind == 'input' else 'recurrent_dropout'}` must be in [0, 1) to "
+                             f"train; received rate={rate}")
+        keep = self._rng.random((count, *shape)) >= rate
+        mask = keep.astype(self.config.dtype) / np.asarray(1.0 - rate, self.config.dtype)
+        self._masks[kind] = mask
+        return mask
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, inputs, states, training=None):
+        """One step: ``output, [new_state] = cell(inputs, [state])``.
+
+        Parameters
+        ----------
+        inputs : (B, I) array or DLPack tensor
+        states : list/tuple holding a (B, H) array (only ``states[0]`` is read), or a bare (B, H) array
+        training : bool or None
+            True applies dropout masks (when rates > 0); None/False is inference.
+
+        Returns
+        -------
+        output : (B, H) numpy array of the cell dtype
+        new_states : ``[output]`` for list/tuple states, ``output`` for a bare state
+        """
+        nested = isinstance(states, (list, tuple))
+        if nested and len(states) == 0:
+            raise ValueError("`states` must hold one (batch, units) array; received an empty sequence")
+        x = as_array("inputs", inputs)
+        h = as_array("states[0]", states[0] if nested else states)
+        if not self.built:
+            if x.ndim != 2:
+                raise ValueError(f"`inputs` must have rank 2 (batch, input_dim); received shape {x.shape}")
+            self.build(x.shape)
+        check_step_args(x, h, self.input_dim, self.config.units)
+        masks = self._training_masks(x.shape[0]) if training else ()
+        runner = self._runners.get((x.shape[0], len(masks)))
+        if runner is None:
+            runner = self._make_runner(x.shape[0], [m.shape for m in masks])
+        out = runner(x, h, masks) if x.shape[0] else np.zeros((0, self.units), self.config.dtype)
+        return out, ([out] if nested else out)
+
+    def _training_masks(self, batch: int) -> tuple:
+        c = self.config
+        masks = []
+        if 0.0 < c.dropout:
+            count = 3 if c.implementation == 1 else 1
+            masks.append(self._mask("input", c.dropout, count, (batch, self.input_dim)))
+        if 0.0 < c.recurrent_dropout:
+            if not masks:  # the kernel takes masks in a fixed order; no input dropout = all-ones input mask
+                masks.append(np.ones((3, batch, self.input_dim), c.dtype))
+            masks.append(self._mask("recurrent", c.recurrent_dropout, 3, (batch, c.units)))
+        return tuple(masks)
+
+    def _make_runner(self, batch: int, mask_shapes: list):
+        from .build import compile_step  # noqa: PLC0415  (the compiler is imported on first call only)
+        from .runtime import StepRunner  # noqa: PLC0415
+
+        input_masks = mask_shapes[0][0] if mask_shapes else 0
+        recurrent_masks = 3 if len(mask_shapes) == 2 else 0
+        spec = StepSpec(self.config, batch=batch, input_dim=self.input_dim, input_masks=input_masks,
+                        recurrent_masks=recurrent_masks, lanes=self.lanes)
+        fn = compile_step(spec, self.target) if batch else None
+        runner = StepRunner(fn, batch, self.input_dim, self.units, self.config.dtype, self._packed.values(),
+                            mask_shapes)
+        self._runners[(batch, len(mask_shapes))] = runner
+        return runner
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"GRUCell(units={c.units}, activation={c.activation!r}, recurrent_activation="
+                f"{c.recurrent_activation!r}, reset_after={c.reset_after}, implementation={c.implementation}, "
+                f"dtype={c.dtype!r}, target={self.target.kind.name})")

@@ -1,0 +1,140 @@
+"""The GRU step as a TVM tensor expression: what is computed, with no target and no schedule.
+
+Stages are named so schedules can find them with ``sch.get_sblock(name)``:
+
+``x_proj`` / ``x_proj_z``, ``x_proj_r``, ``x_proj_h``
+    input products, fused over the three gates (implementation 2) or one per gate (implementation 1).
+``h_proj`` / ``h_proj_z``, ``h_proj_r`` [, ``h_proj_h``]
+    recurrent products for the gates that do not depend on r (all three when ``reset_after``).
+``gates`` (reset_after=False only)
+    (B, 3, Hp): z, r and the candidate's input pre-activation ``x K_h + b_h``.
+``rh``, ``hh_proj`` / ``hh_proj_h`` (reset_after=False only)
+    ``r * h`` and its product with ``R_h``: the candidate needs r before its recurrent product.
+``h_new``
+    (B, H) the new state ``z * h + (1 - z) * hh`` (z, r inline when ``reset_after``).
+
+Weights arrive packed (see :mod:`tvm_gru.packing`).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from . import activations, packing
+from .config import StepSpec
+
+__all__ = ["step_tensors", "step_primfunc", "ANCHORS"]
+
+# Blocks whose loops the schedules hang the products under: phase 1, then phase 2.
+ANCHORS = {False: ("gates", "h_new"), True: ("h_new",)}
+GATES = ("z", "r", "h")
+
+
+def _products(name, vec, weight, gates, spec, fused):
+    """Products ``sum_k vec(g, b, k) * W_g[k, u]`` of the packed ``weight`` for each gate g in ``gates``.
+
+    ``fused`` (implementation 2): one reduction over the gate-interleaved (NB, K, G, V) weight.
+    Otherwise (implementation 1): one reduction per gate over its own (NB, K, V) slab of (G, NB, K, V),
+    each with its own input vector (Keras applies a different dropout mask per gate).
+
+    Returns ``get(g, b, u)``, reading the product of gate ``g`` at unit ``u``.
+    """
+    batch, nb, lanes = spec.batch, spec.blocks, spec.lanes
+    depth = weight.shape[1] if fused else weight.shape[2]
+    slot = {g: i for i, g in enumerate(gates)}
+    if fused:
+        k = te.reduce_axis((0, depth), "k")
+        prod = te.compute((batch, nb, len(gates), lanes),
+                          lambda b, n, g, v: te.sum(vec(gates[0], b, k) * weight[n, k, g, v], axis=k), name=name)
+        return lambda g, b, u: prod[b, u // lanes, slot[g], u % lanes]
+
+    def one_gate(g):
+        k = te.reduce_axis((0, depth), "k")
+        return te.compute((batch, nb, lanes),
+                          lambda b, n, v: te.sum(vec(g, b, k) * weight[slot[g], n, k, v], axis=k),
+                          name=f"{name}_{GATES[g]}")
+
+    stages = {g: one_gate(g) for g in gates}
+    return lambda g, b, u: stages[g][b, u // lanes, u % lanes]
+
+
+def step_tensors(spec: StepSpec):
+    """Build the TE graph of one step.
+
+    Parameters
+    ----------
+    spec : StepSpec
+
+    Returns
+    -------
+    params : list of te.Tensor
+        ``x`` (B, I), ``h`` (B, H), the packed weights of :func:`tvm_gru.packing.layout` in its order
+        (``kernel_packed``, ``recurrent_packed`` [, ``candidate_packed``]), ``bias_packed`` (2, 3, Hp) if ``use_bias``, ``input_mask`` (Mx, B, I) if ``input_masks``,
+        ``recurrent_mask`` (3, B, H) if ``recurrent_masks``, and last the output ``h_new`` (B, H).
+    """
+    c = spec.config
+    B, I, H, V, NB = spec.batch, spec.input_dim, c.units, spec.lanes, spec.blocks
+    dt = c.dtype
+    one = tirx.const(1.0, dt)
+    x = te.placeholder((B, I), dt, "x")
+    h = te.placeholder((B, H), dt, "h")
+    depth = {"kernel": I, "recurrent_kernel": H}
+    weights = {name: te.placeholder(packing.packed_shape(depth[src], H, V, gates, fused), dt, name)
+               for name, (src, gates, fused) in packing.layout(c).items()}
+    bias = te.placeholder((2, 3, NB * V), dt, "bias_packed") if c.use_bias else None
+    mx = te.placeholder((spec.input_masks, B, I), dt, "input_mask") if spec.input_masks else None
+    mh = te.placeholder((3, B, H), dt, "recurrent_mask") if spec.recurrent_masks else None
+    params = [x, h, *weights.values()] + [t for t in (bias, mx, mh) if t is not None]
+
+    def x_in(g, b, k):  # impl 2 has one input mask shared by the gates
+        return x[b, k] * mx[min(g, spec.input_masks - 1), b, k] if mx is not None else x[b, k]
+
+    def h_in(g, b, k):
+        return h[b, k] * mh[g, b, k] if mh is not None else h[b, k]
+
+    def add(a, b):
+        return a if b is None else a + b
+
+    f = activations.get(c.recurrent_activation).te
+    act = activations.get(c.activation).te
+    fused = c.implementation == 2
+    xp = _products("x_proj", x_in, weights["kernel_packed"], (0, 1, 2), spec, fused)
+    h_gates = (0, 1, 2) if c.reset_after else (0, 1)
+    hp = _products("h_proj", h_in, weights["recurrent_packed"], h_gates, spec, fused)
+
+    def x_pre(g, b, u):  # x K_g + b_g
+        return add(xp(g, b, u), bias[0, g, u] if bias is not None else None)
+
+    def h_pre(g, b, u):  # h R_g (+ rb_g when reset_after)
+        return add(hp(g, b, u), bias[1, g, u] if (bias is not None and c.reset_after) else None)
+
+    if c.reset_after:
+        def blend(b, u):
+            r = f(x_pre(1, b, u) + h_pre(1, b, u))
+            hh = act(x_pre(2, b, u) + r * h_pre(2, b, u))
+            # z is used twice: bind it once (TE has no CSE, and a duplicated Let is ill-formed TIR)
+            return activations.let(f(x_pre(0, b, u) + h_pre(0, b, u)), lambda z: z * h[b, u] + (one - z) * hh)
+
+        return params + [te.compute((B, H), blend, name="h_new")]
+
+    # reset_after=False: z, r and the candidate's input part first; r * h feeds the second product.
+    gates = te.compute(
+        (B, 3, NB * V),
+        lambda b, g, u: tirx.if_then_else(
+            g == 0, f(x_pre(0, b, u) + h_pre(0, b, u)),
+            tirx.if_then_else(g == 1, f(x_pre(1, b, u) + h_pre(1, b, u)), x_pre(2, b, u))),
+        name="gates")
+    rh = te.compute((B, H), lambda b, u: gates[b, 1, u] * h_in(2, b, u), name="rh")
+    hh_proj = _products("hh_proj", lambda g, b, k: rh[b, k], weights["candidate_packed"], (2,), spec, fused)
+
+    def blend_before(b, u):
+        z = gates[b, 0, u]
+        hh = act(gates[b, 2, u] + hh_proj(2, b, u))
+        return z * h[b, u] + (one - z) * hh
+
+    return params + [te.compute((B, H), blend_before, name="h_new")]
+
+
+def step_primfunc(spec: StepSpec) -> tirx.PrimFunc:
+    """The unscheduled TIR PrimFunc of one step (argument order as in :func:`step_tensors`)."""
+    return te.create_prim_func(step_tensors(spec)).with_attr("global_symbol", "main")

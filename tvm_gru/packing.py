@@ -1,0 +1,90 @@
+"""Keras weights <-> the packed layout the kernels stream.
+
+Keras stores ``kernel`` (I, 3H) and ``recurrent_kernel`` (H, 3H) with gate-major columns [z | r | h].
+At batch 1 a step is a weight-streaming GEMV, so the kernels read a blocked, gate-interleaved copy made
+once at ``set_weights`` time:
+
+    packed[n, k, g, v] = W[k, g*H + n*V + v]      (zero where n*V + v >= H)
+
+shape (NB, K, 3, V) with NB = ceil(H/V). For one block of V units the inner loop over k reads one
+contiguous run of 3*V values: the z, r and candidate columns of those units, so all three gates come out
+of one pass, each as one SIMD vector, and the gate math can run in the product's epilogue.
+Bias is packed as (2, 3, Hp): row 0 the input bias, row 1 the recurrent bias (zeros unless reset_after).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .runtime.buffers import aligned_empty
+
+__all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout"]
+
+
+def layout(config) -> dict:
+    """Which gates each packed weight holds, and whether they are interleaved.
+
+    Returns ``{name: (source, gates, fused)}``: ``source`` is "kernel" or "recurrent_kernel", ``gates`` a
+    tuple of gate indices (0=z, 1=r, 2=h), ``fused`` True for the gate-interleaved (NB, K, G, V) layout of
+    implementation 2, False for the gate-major (G, NB, K, V) layout of implementation 1 (one contiguous
+    stream per gate product). With reset_after=False the candidate's recurrent columns are a separate array,
+    read in the second phase.
+    """
+    fused = config.implementation == 2
+    out = {"kernel_packed": ("kernel", (0, 1, 2), fused)}
+    if config.reset_after:
+        out["recurrent_packed"] = ("recurrent_kernel", (0, 1, 2), fused)
+    else:
+        out["recurrent_packed"] = ("recurrent_kernel", (0, 1), fused)
+        out["candidate_packed"] = ("recurrent_kernel", (2,), fused)
+    return out
+
+
+def packed_shape(depth: int, units: int, lanes: int, gates, fused: bool) -> tuple:
+    nb = -(-units // lanes)
+    return (nb, depth, len(gates), lanes) if fused else (len(gates), nb, depth, lanes)
+
+
+def pack_matrix(w: np.ndarray, units: int, lanes: int, dtype, gates=(0, 1, 2), fused=True) -> np.ndarray:
+    """(K, 3H) Keras matrix -> packed (NB, K, G, V) if ``fused`` else (G, NB, K, V), 64-byte aligned."""
+    k = w.shape[0]
+    nb = -(-units // lanes)
+    padded = np.zeros((k, len(gates), nb * lanes), dtype=dtype)
+    padded[:, :, :units] = w.reshape(k, 3, units)[:, list(gates)]
+    blocked = padded.reshape(k, len(gates), nb, lanes)
+    out = aligned_empty(packed_shape(k, units, lanes, gates, fused), dtype)
+    out[...] = blocked.transpose(2, 0, 1, 3) if fused else blocked.transpose(1, 2, 0, 3)
+    return out
+
+
+def unpack_matrix(packed: np.ndarray, units: int, fused=True) -> np.ndarray:
+    """Inverse of :func:`pack_matrix`: returns (K, G*H) for the packed gates."""
+    blocked = packed.transpose(1, 2, 0, 3) if fused else packed.transpose(2, 0, 1, 3)
+    k, g, nb, lanes = blocked.shape
+    return blocked.reshape(k, g, nb * lanes)[:, :, :units].reshape(k, g * units)
+
+
+def pack_bias(bias: np.ndarray | None, units: int, lanes: int, dtype) -> np.ndarray:
+    """Keras bias ((3H,), (2, 3H) or None) -> (2, 3, Hp) packed."""
+    nb = -(-units // lanes)
+    out = aligned_empty((2, 3, nb * lanes), dtype)
+    out[...] = 0
+    if bias is not None:
+        rows = np.reshape(bias, (-1, 3, units))
+        out[: rows.shape[0], :, :units] = rows
+    return out
+
+
+def unpack_bias(packed: np.ndarray, units: int, reset_after: bool) -> np.ndarray:
+    rows = packed[:, :, :units].reshape(2, 3 * units)
+    return rows.copy() if reset_after else rows[0].copy()
+
+
+def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int) -> dict:
+    """All packed arrays a step kernel takes, by parameter name (see :func:`layout`)."""
+    sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
+    out = {name: pack_matrix(sources[src], config.units, lanes, config.dtype, gates, fused)
+           for name, (src, gates, fused) in layout(config).items()}
+    if config.use_bias:
+        out["bias_packed"] = pack_bias(bias, config.units, lanes, config.dtype)
+    return out

@@ -1,0 +1,60 @@
+"""The numpy float64 oracle of the Keras v1 GRU cell: independent of TVM, used by every test.
+
+Weights are in Keras layout: ``kernel`` (I, 3H), ``recurrent_kernel`` (H, 3H), ``bias`` (3H,) or (2, 3H),
+gate order z, r, h.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations
+from .config import GRUConfig
+
+__all__ = ["step", "sequence"]
+
+
+def step(config: GRUConfig, x, h, kernel, recurrent_kernel, bias=None, input_masks=None, recurrent_masks=None):
+    """One step in float64.
+
+    Parameters
+    ----------
+    x : (B, I) array
+    h : (B, H) array
+    input_masks : (M, B, I) array, optional
+        Dropout masks on ``x``: one per gate (implementation 1) or one shared (implementation 2).
+    recurrent_masks : (3, B, H) array, optional
+        Dropout masks on ``h`` in the z, r and candidate recurrent products (implementation 1 only).
+
+    Returns
+    -------
+    (B, H) float64 array, the new state.
+    """
+    H = config.units
+    f = activations.get(config.recurrent_activation).np
+    g = activations.get(config.activation).np
+    x, h = np.asarray(x, np.float64), np.asarray(h, np.float64)
+    K, R = np.asarray(kernel, np.float64), np.asarray(recurrent_kernel, np.float64)
+    b = np.zeros((2, 3 * H)) if bias is None else np.asarray(bias, np.float64).reshape(-1, 3 * H)
+    b_in, b_rec = b[0], (b[1] if config.reset_after else np.zeros(3 * H))
+    gate = [slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)]
+    xs = [x * input_masks[min(i, len(input_masks) - 1)] for i in range(3)] if input_masks is not None else [x] * 3
+    hs = [h * recurrent_masks[i] for i in range(3)] if recurrent_masks is not None else [h] * 3
+    x_pre = [xs[i] @ K[:, gate[i]] + b_in[gate[i]] for i in range(3)]
+    h_pre = [hs[i] @ R[:, gate[i]] + b_rec[gate[i]] for i in range(3)]
+    z = f(x_pre[0] + h_pre[0])
+    r = f(x_pre[1] + h_pre[1])
+    if config.reset_after:
+        hh = g(x_pre[2] + r * h_pre[2])
+    else:
+        hh = g(x_pre[2] + (r * hs[2]) @ R[:, gate[2]])
+    return z * h + (1.0 - z) * hh
+
+
+def sequence(config: GRUConfig, xs, h0, kernel, recurrent_kernel, bias=None):
+    """Run :func:`step` over ``xs`` (T, B, I) from ``h0`` (B, H); returns all states (T, B, H)."""
+    out, h = [], h0
+    for x in xs:
+        h = step(config, x, h, kernel, recurrent_kernel, bias)
+        out.append(h)
+    return np.stack(out)

@@ -1,0 +1,32 @@
+"""Aligned numpy buffers (no TVM import).
+
+Compiled kernels assume 64-byte aligned data and do not check it: a misaligned numpy array passed to an
+exported kernel was seen to segfault. Every buffer handed to a kernel comes from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ALIGN = 64
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGN
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(array: np.ndarray, dtype=None) -> np.ndarray:
+    """A 64-byte aligned C-contiguous copy of ``array`` (cast to ``dtype`` if given)."""
+    out = aligned_empty(np.shape(array), dtype or np.asarray(array).dtype)
+    np.copyto(out, array, casting="unsafe" if dtype else "no")
+    return out
+
+
+def is_aligned(array: np.ndarray) -> bool:
+    return array.flags.c_contiguous and array.ctypes.data % ALIGN == 0
