@@ -85,6 +85,7 @@ class GRUCell:
         self.kernel = self.recurrent_kernel = self.bias = None
         self._packed = None
         self._runners = {}
+        self._fast = None  # the runner of the last inference call, tried first
         self._masks = {"input": None, "recurrent": None}
 
     # ------------------------------------------------------------------ Keras properties
@@ -246,7 +247,7 @@ class GRUCell:
 
         Parameters
         ----------
-        inputs : (B, I) array or DLPack tensor
+        inputs : (B, I) array or DLPack tensor (float; cast to the cell dtype)
         states : list/tuple holding a (B, H) array (only ``states[0]`` is read), or a bare (B, H) array
         training : bool or None
             True applies dropout masks (when rates > 0); None/False is inference.
@@ -256,7 +257,21 @@ class GRUCell:
         output : (B, H) numpy array of the cell dtype
         new_states : ``[output]`` for list/tuple states, ``output`` for a bare state
         """
-        nested = isinstance(states, (list, tuple))
+        nested = type(states) is list or type(states) is tuple
+        h = states[0] if nested and states else states
+        runner = self._fast
+        if runner is not None and not training and type(inputs) is np.ndarray and type(h) is np.ndarray:
+            # Fast path: the kernel's binder checks shape, dtype and layout; anything else takes the slow path.
+            try:
+                out = runner(inputs, h)
+                return out, ([out] if nested else out)
+            except (TypeError, ValueError):
+                pass
+        out = self._call_checked(inputs, states, nested, training)
+        return out, ([out] if nested else out)
+
+    def _call_checked(self, inputs, states, nested, training):
+        """Validate, convert (cast, make contiguous) and run; compiles a kernel for a new batch size."""
         if nested and len(states) == 0:
             raise ValueError("`states` must hold one (batch, units) array; received an empty sequence")
         x = as_array("inputs", inputs)
@@ -266,12 +281,17 @@ class GRUCell:
                 raise ValueError(f"`inputs` must have rank 2 (batch, input_dim); received shape {x.shape}")
             self.build(x.shape)
         check_step_args(x, h, self.input_dim, self.config.units)
-        masks = self._training_masks(x.shape[0]) if training else ()
-        runner = self._runners.get((x.shape[0], len(masks)))
-        if runner is None:
-            runner = self._make_runner(x.shape[0], [m.shape for m in masks])
-        out = runner(x, h, masks) if x.shape[0] else np.zeros((0, self.units), self.config.dtype)
-        return out, ([out] if nested else out)
+        dt = self.config.dtype
+        x = np.ascontiguousarray(x, dtype=dt)
+        h = np.ascontiguousarray(h, dtype=dt)
+        batch = x.shape[0]
+        if batch == 0:
+            return np.zeros((0, self.units), dt)
+        masks = self._training_masks(batch) if training else ()
+        runner = self._runners.get((batch, len(masks))) or self._make_runner(batch, [m.shape for m in masks])
+        if not masks:
+            self._fast = runner
+        return runner(x, h, masks)
 
     def _training_masks(self, batch: int) -> tuple:
         c = self.config
@@ -293,9 +313,8 @@ class GRUCell:
         recurrent_masks = 3 if len(mask_shapes) == 2 else 0
         spec = StepSpec(self.config, batch=batch, input_dim=self.input_dim, input_masks=input_masks,
                         recurrent_masks=recurrent_masks, lanes=self.lanes)
-        fn = compile_step(spec, self.target) if batch else None
-        runner = StepRunner(fn, batch, self.input_dim, self.units, self.config.dtype, self._packed.values(),
-                            mask_shapes)
+        runner = StepRunner(compile_step(spec, self.target), batch, self.units, self.config.dtype,
+                            self._packed.values())
         self._runners[(batch, len(mask_shapes))] = runner
         return runner
 
