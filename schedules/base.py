@@ -106,7 +106,8 @@ class CPUStepRule:
         sch.reorder(n_o, b_o, b_i, *middle, n_i, v)
         for loop in (b_i, *middle, n_i):
             sch.unroll(loop)
-        sch.vectorize(v)
+        if _divides(sch, block, spec):
+            sch.vectorize(v)  # a ragged tail (H % V != 0) would be a predicated vector loop: keep it scalar
         pending = []
         for producer in sch.get_producers(block):
             if not _is_reduction(sch, producer):
@@ -134,6 +135,12 @@ class CPUStepRule:
         if spec.config.units % spec.lanes == 0:
             _, v = sch.split(loops[-1], [None, spec.lanes])
             sch.vectorize(v)
+
+
+def _divides(sch, block, spec) -> bool:
+    """True when the anchor's unit axis is a whole number of V-wide blocks."""
+    extent = int(sch.get(block).iter_vars[-1].dom.extent)
+    return extent % spec.lanes == 0
 
 
 def _blocks(sch):

@@ -72,7 +72,7 @@ def let(value, body):
 def _nan_safe(x, value):
     """Return ``x`` where it is NaN: min/max clamps would otherwise turn NaN into a number."""
     _, tirx = _tvm()
-    return tirx.Select(x != x, x, value)
+    return tirx.Select(tirx.isnan(x), x, value)  # not x != x: the simplifier folds that to False
 
 
 def te_exp(x):
@@ -149,7 +149,7 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 def te_hard_sigmoid(x):
     # tf_keras backend.hard_sigmoid: clip(x * 0.2 + 0.5, 0, 1) in the input dtype (not Keras 3's relu6(x+3)/6).
     te, _ = _tvm()
-    return te.max(te.min(x * _c(0.2, x) + _c(0.5, x), _c(1.0, x)), _c(0.0, x))
+    return let(x, lambda v: _nan_safe(v, te.max(te.min(v * _c(0.2, v) + _c(0.5, v), _c(1.0, v)), _c(0.0, v))))
 
 
 # TF passes these constants through float32 tensors even in a float64 cell (measured against TF goldens).
@@ -188,12 +188,19 @@ def _np_gelu(x):
 
 
 def _te_max0(x):
+    # min/max compile to maxps, which drops NaN; TF and numpy propagate it.
     te, _ = _tvm()
-    return te.max(x, _c(0.0, x))
+    return let(x, lambda v: _nan_safe(v, te.max(v, _c(0.0, v))))
+
+
+def _bind_input(a: Activation) -> Activation:
+    """Bind the activation's input to one variable: several use it twice (elu, swish, clamps), and a
+    duplicated input that itself holds a Let (e.g. ``r`` inside the candidate) would be ill-formed TIR."""
+    return Activation(a.name, lambda x, fn=a.te: let(x, fn), a.np, a.onnx)
 
 
 _TABLE = {
-    a.name: a
+    a.name: _bind_input(a)
     for a in [
         Activation("tanh", te_tanh, np.tanh, ("Tanh", None, None)),
         Activation("sigmoid", te_sigmoid, _np_sigmoid, ("Sigmoid", None, None)),

@@ -1,0 +1,108 @@
+"""Each bad input of semantics.md section 8 gets a clear error naming the argument; the cell keeps working."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tvm_gru
+from tvm_gru import reference
+
+
+@pytest.mark.parametrize("units, exc, match", [
+    (0, ValueError, "units"), (-3, ValueError, "units"), (2.5, TypeError, "units"), ("4", TypeError, "units"),
+    (True, TypeError, "units"), (None, TypeError, "units"),
+], ids=["zero", "negative", "float", "str", "bool", "none"])
+def test_bad_units(units, exc, match):
+    with pytest.raises(exc, match=match):
+        tvm_gru.GRUCell(units)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(dropout="a"), TypeError, "dropout"),
+    (dict(recurrent_dropout=[0.1]), TypeError, "recurrent_dropout"),
+    (dict(activation="foo"), ValueError, "Unknown activation"),
+    (dict(recurrent_activation="softmax"), ValueError, "Unknown activation"),
+    (dict(activation=3), TypeError, "activation"),
+    (dict(implementation="1"), TypeError, "implementation"),
+    (dict(dtype="int32"), ValueError, "dtype"),
+    (dict(dtype="float16"), ValueError, "dtype"),
+    (dict(kernel_initializer="nope"), ValueError, "nope"),
+    (dict(kernel_regularizer="nope"), ValueError, "nope"),
+    (dict(kernel_constraint="nope"), ValueError, "nope"),
+    (dict(seed="1"), TypeError, "seed"),
+    (dict(target="tpu"), ValueError, "target"),
+    (dict(use_bias="yes"), TypeError, "use_bias"),
+], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(v))
+def test_bad_constructor_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        tvm_gru.GRUCell(4, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built():
+    cell = tvm_gru.GRUCell(7, seed=0)
+    x = np.ones((4, 5), np.float32)
+    h = np.zeros((4, 7), np.float32)
+    cell(x, [h])
+    return cell, x, h
+
+
+BAD_CALLS = [
+    ("rank1", lambda x, h: (x[0], [h]), ValueError, "rank 2"),
+    ("rank3", lambda x, h: (x[:, None, :], [h]), ValueError, "rank 2"),
+    ("rank3_batch_first", lambda x, h: (np.stack([x, x]), [h]), ValueError, "rank 2"),
+    ("feature_dim", lambda x, h: (np.ones((4, 6), np.float32), [h]), ValueError, "5 features"),
+    ("batch_mismatch", lambda x, h: (x, [h[:3]]), ValueError, "same batch size"),
+    ("batch_1_vs_4", lambda x, h: (x[:1], [h]), ValueError, "same batch size"),
+    ("batch_4_vs_1", lambda x, h: (x, [h[:1]]), ValueError, "same batch size"),
+    ("state_width", lambda x, h: (x, [np.zeros((4, 8), np.float32)]), ValueError, r"states\[0\]"),
+    ("state_rank", lambda x, h: (x, [h[0]]), ValueError, r"states\[0\]"),
+    ("int_input", lambda x, h: (x.astype(np.int32), [h]), TypeError, "inputs"),
+    ("bool_input", lambda x, h: (x.astype(bool), [h]), TypeError, "inputs"),
+    ("int_state", lambda x, h: (x, [h.astype(np.int64)]), TypeError, r"states\[0\]"),
+    ("complex_input", lambda x, h: (x.astype(np.complex64), [h]), TypeError, "inputs"),
+    ("list_input", lambda x, h: (x.tolist(), [h]), TypeError, "inputs"),
+    ("none_input", lambda x, h: (None, [h]), TypeError, "inputs"),
+    ("str_state", lambda x, h: (x, ["abc"]), TypeError, r"states\[0\]"),
+    ("empty_states", lambda x, h: (x, []), ValueError, "states"),
+]
+
+
+@pytest.mark.parametrize("make, exc, match", [b[1:] for b in BAD_CALLS], ids=[b[0] for b in BAD_CALLS])
+def test_bad_call_arguments_then_cell_still_works(built, make, exc, match):
+    cell, x, h = built
+    inputs, states = make(x, h)
+    with pytest.raises(exc, match=match):
+        cell(inputs, states)
+    out, _ = cell(x, [h])
+    np.testing.assert_allclose(out, reference.step(cell.config, x, h, *cell.get_weights()), atol=2e-6)
+
+
+def test_first_call_with_bad_rank_does_not_build():
+    cell = tvm_gru.GRUCell(3)
+    with pytest.raises(ValueError, match="rank 2"):
+        cell(np.ones(5, np.float32), [np.zeros((1, 3), np.float32)])
+    assert not cell.built
+
+
+def test_build_and_weights_errors():
+    cell = tvm_gru.GRUCell(3)
+    with pytest.raises(ValueError, match="input_dim"):
+        cell.build((None, 0))
+    with pytest.raises(TypeError, match="input_shape"):
+        cell.build(object())
+    with pytest.raises(ValueError, match="get_weights"):
+        cell.get_weights()
+
+
+def test_nan_and_inf_propagate_like_the_reference(built):
+    cell, x, h = built
+    xn = x.copy()
+    xn[0, 0] = np.nan
+    xn[1, 1] = np.inf
+    out, _ = cell(xn, [h])
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = reference.step(cell.config, xn, h, *cell.get_weights())
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out[2:], ref[2:], atol=2e-6)
