@@ -6,9 +6,10 @@ exactly, including its ``epsilon = 1e-7`` in the denominators, so e.g. a
 column already inside the MaxNorm ball is scaled by ``norm / (norm + 1e-7)``.
 """
 
-import inspect
 
 import numpy as np
+
+from .keras_objects import Registry
 
 __all__ = [
     "Constraint",
@@ -200,93 +201,7 @@ min_max_norm = MinMaxNorm
 radial_constraint = RadialConstraint
 
 
-def _lookup(name):
-    try:
-        return ALL_OBJECTS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown constraint: {name!r}. Known names: {', '.join(sorted(ALL_OBJECTS))}."
-        ) from None
-
-
-def deserialize(config):
-    """Build a constraint from a name or a Keras serialized dict.
-
-    Parameters
-    ----------
-    config : str or dict
-        ``"max_norm"``, or ``{"class_name": "MaxNorm", "config": {...}}``,
-        optionally with ``"module"``/``"registered_name"`` (ignored).
-
-    Returns
-    -------
-    Constraint
-    """
-    if isinstance(config, str):
-        return _lookup(config)()
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(
-            f"Could not interpret constraint config: {config!r}; expected a name "
-            "or a dict with 'class_name' and 'config'."
-        )
-    return _lookup(config["class_name"]).from_config(dict(config.get("config") or {}))
-
-
-def get(identifier):
-    """Resolve ``identifier`` to a constraint (tf_keras ``constraints.get``).
-
-    Parameters
-    ----------
-    identifier : None, str, dict, Constraint, class or callable
-        None -> None; name or dict -> new instance; a Constraint subclass ->
-        default instance; instances and other callables ``f(w) -> w`` are
-        returned unchanged.
-
-    Raises
-    ------
-    ValueError
-        Unknown name or malformed dict.
-    TypeError
-        Anything else.
-    """
-    if identifier is None:
-        return None
-    if isinstance(identifier, (str, dict)):
-        return deserialize(identifier)
-    if inspect.isclass(identifier) and issubclass(identifier, Constraint):
-        return identifier()
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        f"Could not interpret constraint identifier: {identifier!r} "
-        f"(type {type(identifier).__name__})."
-    )
-
-
-def serialize(constraint, with_module=False):
-    """Keras serialized form of ``constraint``.
-
-    Parameters
-    ----------
-    constraint : Constraint, callable or None
-    with_module : bool, optional
-        True adds ``"module": "keras.constraints"`` and
-        ``"registered_name": None`` (tf_keras >= 2.13 form).
-
-    Returns
-    -------
-    dict, str or None
-        ``{"class_name": "MaxNorm", "config": {"max_value": 2, "axis": 0}}``;
-        a plain function gives its ``__name__``; None gives None.
-    """
-    if constraint is None:
-        return None
-    if not isinstance(constraint, Constraint):
-        if callable(constraint) and hasattr(constraint, "__name__"):
-            return constraint.__name__
-        raise TypeError(f"Cannot serialize {constraint!r}: not a Constraint.")
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in constraint.get_config().items()}
-    out = {"class_name": type(constraint).__name__, "config": config}
-    if with_module:
-        out = {"module": "keras.constraints", **out, "registered_name": None}
-    return out
+_REGISTRY = Registry("constraint", Constraint, ALL_OBJECTS, "keras.constraints")
+get = _REGISTRY.get
+deserialize = _REGISTRY.deserialize
+serialize = _REGISTRY.serialize

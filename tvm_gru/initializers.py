@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from .keras_objects import Registry, jsonable
+
 __all__ = [
     "Initializer",
     "Zeros",
@@ -66,19 +68,6 @@ def _float_dtype(dtype):
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"Expected a floating point dtype, got {dtype}.")
     return dtype
-
-
-def _jsonable(value):
-    """Turn numpy scalars/arrays and tuples into plain JSON-safe Python values."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 def compute_fans(shape):
@@ -211,7 +200,7 @@ class Constant(Initializer):
         )
 
     def get_config(self):
-        return {"value": _jsonable(self.value)}
+        return {"value": jsonable(self.value)}
 
 
 class RandomUniform(Initializer):
@@ -484,100 +473,7 @@ ALL_OBJECTS.update(
 del _cls, _name
 
 
-def _lookup(name):
-    try:
-        return ALL_OBJECTS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown initializer: {name!r}. Known names: {', '.join(sorted(ALL_OBJECTS))}."
-        ) from None
-
-
-def deserialize(config):
-    """Build an initializer from a name or a Keras serialized dict.
-
-    Parameters
-    ----------
-    config : str or dict
-        ``"glorot_uniform"``, or ``{"class_name": ..., "config": {...}}``,
-        optionally with the ``"module"`` and ``"registered_name"`` keys that
-        tf_keras 2.13+ writes (they are ignored).
-
-    Returns
-    -------
-    Initializer
-    """
-    if isinstance(config, str):
-        return _lookup(config)()
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(
-            f"Could not interpret initializer config: {config!r}; expected a name "
-            "or a dict with 'class_name' and 'config'."
-        )
-    cls = _lookup(config["class_name"])
-    return cls.from_config(dict(config.get("config") or {}))
-
-
-def get(identifier):
-    """Resolve ``identifier`` to an Initializer (tf_keras ``initializers.get``).
-
-    Parameters
-    ----------
-    identifier : None, str, dict, Initializer, class or callable
-        None -> None; name or serialized dict -> new instance; instance ->
-        itself; Initializer subclass -> default instance; any other callable
-        ``f(shape, dtype=None)`` -> wrapped so it accepts ``(shape, dtype, rng)``.
-
-    Raises
-    ------
-    ValueError
-        Unknown name or malformed dict.
-    TypeError
-        Anything else.
-    """
-    if identifier is None:
-        return None
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, (str, dict)):
-        return deserialize(identifier)
-    if inspect.isclass(identifier) and issubclass(identifier, Initializer):
-        return identifier()
-    if callable(identifier):
-        return _FunctionInitializer(identifier)
-    raise TypeError(
-        f"Could not interpret initializer identifier: {identifier!r} "
-        f"(type {type(identifier).__name__})."
-    )
-
-
-def serialize(initializer, with_module=False):
-    """Keras serialized form of ``initializer``.
-
-    Parameters
-    ----------
-    initializer : Initializer or None
-    with_module : bool, optional
-        False (default): the legacy form ``{"class_name", "config"}``.
-        True: the tf_keras >= 2.13 form, adding ``"module": "keras.initializers"``
-        and ``"registered_name": None``.
-
-    Returns
-    -------
-    dict, str or None
-        None for None; a wrapped plain function gives its ``__name__``
-        (as Keras' legacy serializer does for functions).
-    """
-    if initializer is None:
-        return None
-    if isinstance(initializer, _FunctionInitializer):
-        return getattr(initializer.fn, "__name__", repr(initializer.fn))
-    if not isinstance(initializer, Initializer):
-        raise TypeError(f"Cannot serialize {initializer!r}: not an Initializer.")
-    out = {
-        "class_name": type(initializer).__name__,
-        "config": _jsonable(initializer.get_config()),
-    }
-    if with_module:
-        out = {"module": "keras.initializers", **out, "registered_name": None}
-    return out
+_REGISTRY = Registry("initializer", Initializer, ALL_OBJECTS, "keras.initializers", wrap_callable=_FunctionInitializer)
+get = _REGISTRY.get
+deserialize = _REGISTRY.deserialize
+serialize = _REGISTRY.serialize

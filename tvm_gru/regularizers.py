@@ -9,11 +9,12 @@ As in tf_keras, factors are stored rounded to float32 (Keras'
 itself is returned as a Python float computed in float64.
 """
 
-import inspect
 import math
 import numbers
 
 import numpy as np
+
+from .keras_objects import Registry
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "l1", "l2", "l1_l2", "get", "serialize", "deserialize"]
 
@@ -134,96 +135,7 @@ ALL_OBJECTS = {
 }
 
 
-def _lookup(name):
-    try:
-        return ALL_OBJECTS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown regularizer: {name!r}. Known names: {', '.join(sorted(ALL_OBJECTS))}."
-        ) from None
-
-
-def deserialize(config):
-    """Build a regularizer from a name or a Keras serialized dict.
-
-    Parameters
-    ----------
-    config : str or dict
-        ``"l2"``, or ``{"class_name": "L2", "config": {"l2": 0.01}}``,
-        optionally with ``"module"``/``"registered_name"`` (ignored).
-
-    Returns
-    -------
-    Regularizer
-    """
-    if isinstance(config, str):
-        return _lookup(config)()
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError(
-            f"Could not interpret regularizer config: {config!r}; expected a name "
-            "or a dict with 'class_name' and 'config'."
-        )
-    factory = _lookup(config["class_name"])
-    kwargs = dict(config.get("config") or {})
-    if inspect.isclass(factory):
-        return factory.from_config(kwargs)
-    return factory(**kwargs)
-
-
-def get(identifier):
-    """Resolve ``identifier`` to a regularizer (tf_keras ``regularizers.get``).
-
-    Parameters
-    ----------
-    identifier : None, str, dict, Regularizer, class or callable
-        None -> None; name or dict -> new instance; a Regularizer subclass ->
-        default instance; instances and other callables ``f(w) -> float``
-        are returned unchanged.
-
-    Raises
-    ------
-    ValueError
-        Unknown name, malformed dict or bad factor.
-    TypeError
-        Anything else.
-    """
-    if identifier is None:
-        return None
-    if isinstance(identifier, (str, dict)):
-        return deserialize(identifier)
-    if inspect.isclass(identifier) and issubclass(identifier, Regularizer):
-        return identifier()
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        f"Could not interpret regularizer identifier: {identifier!r} "
-        f"(type {type(identifier).__name__})."
-    )
-
-
-def serialize(regularizer, with_module=False):
-    """Keras serialized form of ``regularizer``.
-
-    Parameters
-    ----------
-    regularizer : Regularizer, callable or None
-    with_module : bool, optional
-        True adds ``"module": "keras.regularizers"`` and
-        ``"registered_name": None`` (tf_keras >= 2.13 form).
-
-    Returns
-    -------
-    dict, str or None
-        ``{"class_name": "L2", "config": {"l2": ...}}``; a plain function
-        gives its ``__name__``; None gives None.
-    """
-    if regularizer is None:
-        return None
-    if not isinstance(regularizer, Regularizer):
-        if callable(regularizer) and hasattr(regularizer, "__name__"):
-            return regularizer.__name__
-        raise TypeError(f"Cannot serialize {regularizer!r}: not a Regularizer.")
-    out = {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
-    if with_module:
-        out = {"module": "keras.regularizers", **out, "registered_name": None}
-    return out
+_REGISTRY = Registry("regularizer", Regularizer, ALL_OBJECTS, "keras.regularizers")
+get = _REGISTRY.get
+deserialize = _REGISTRY.deserialize
+serialize = _REGISTRY.serialize
