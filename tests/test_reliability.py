@@ -84,3 +84,21 @@ def test_property_matches_reference(activation, recurrent_activation, reset_afte
     out, _ = cell(x, [h])
     ref = reference.step(cell.config, x, h, *cell.get_weights())
     np.testing.assert_allclose(out, ref, rtol=0, atol=tolerance(dtype, ref))
+
+
+def test_two_processes_fill_the_compile_cache_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, tvm_gru\n"
+              "cell = tvm_gru.GRUCell(19, seed=0)\n"
+              "out, _ = cell(np.ones((3, 2), 'float32'), [np.zeros((3, 19), 'float32')])\n"
+              "print(repr(out.sum()))\n")
+    env = {**os.environ, "TVM_GRU_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0] == outs[1] and outs[0].strip()
+    assert len(list(tmp_path.glob("step-*.so"))) == 1  # one entry, no leftover temporary files
+    assert not list(tmp_path.glob("*.so.tmp*")) and len(list(tmp_path.iterdir())) == 1
