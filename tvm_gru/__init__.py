@@ -17,7 +17,11 @@ if "TVM_NUM_THREADS" not in _os.environ:
     except AttributeError:
         _os.environ["TVM_NUM_THREADS"] = str(_os.cpu_count() or 1)
 
+from .api import irmodule, packed_weights, primfunc  # noqa: E402
 from .cell import GRUCell  # noqa: E402
 from .config import GRUConfig, StepSpec  # noqa: E402
+from .export import export_cell  # noqa: E402
+from .runtime.artifact import ArtifactError, DeployedCell, load  # noqa: E402
 
-__all__ = ["GRUCell", "GRUConfig", "StepSpec", "__version__"]
+__all__ = ["GRUCell", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "ArtifactError",
+           "export_cell", "primfunc", "irmodule", "packed_weights"]

@@ -309,6 +309,12 @@ class GRUCell:
         from .build import compile_step  # noqa: PLC0415  (the compiler is imported on first call only)
         from .runtime import StepRunner  # noqa: PLC0415
 
+        if not targets.runs_here(self.target):
+            raise RuntimeError(f"this cell targets {targets.family(self.target)} (mcpu/arch "
+                               f"{self.target.attrs.get('mcpu', self.target.attrs.get('arch', '-'))}), which "
+                               "cannot run in this process: write an artifact with cell.export(path) and run it "
+                               "with tvm_gru.load(path) on the device")
+
         input_masks = mask_shapes[0][0] if mask_shapes else 0
         recurrent_masks = 3 if len(mask_shapes) == 2 else 0
         spec = StepSpec(self.config, batch=batch, input_dim=self.input_dim, input_masks=input_masks,
@@ -317,6 +323,16 @@ class GRUCell:
                             self._packed.values())
         self._runners[(batch, len(mask_shapes))] = runner
         return runner
+
+    def export(self, path, target=None, batch=1, overwrite=False):
+        """Write a deployable artifact of this cell (see :func:`tvm_gru.export.export_cell`); returns its folder.
+
+        ``target`` defaults to the cell's own target; ``batch`` is one batch size or a list of them.
+        """
+        from .export import export_cell  # noqa: PLC0415
+
+        return export_cell(self, path, target=self.target if target is None else target, batch=batch,
+                           overwrite=overwrite)
 
     def __repr__(self) -> str:
         c = self.config

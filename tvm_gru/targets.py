@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["resolve", "lanes", "family", "host_cores", "FRIENDLY"]
+__all__ = ["resolve", "lanes", "family", "host_cores", "FRIENDLY", "X86_MCPUS", "ARM_MCPUS", "CUDA_ARCHS"]
 
 FRIENDLY = ("host", "x86", "aarch64", "arm", "cuda")
 _X86_DEFAULT_MCPU = "haswell"  # AVX2 + FMA: runs on any x86-64 server of the last decade
-_ARM_MCPUS = ("cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "neoverse-n1", "neoverse-v1", "generic")
+X86_MCPUS = ("haswell", "broadwell", "skylake", "skylake-avx512", "cascadelake", "cooperlake", "icelake-server",
+             "sapphirerapids", "emeraldrapids", "graniterapids", "znver2", "znver3", "znver4", "znver5",
+             "x86-64-v3", "x86-64-v4")
+ARM_MCPUS = ("generic", "cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "neoverse-n1", "neoverse-v1")
 _DOTPROD = ("cortex-a55", "cortex-a76", "neoverse-n1", "neoverse-v1")
-_CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+# Options each friendly name takes (anything else is an unsupported combination, e.g. a CUDA arch on a CPU).
+_OPTIONS = {"host": ("mcpu", "num-cores", "mattr"), "x86": ("mcpu", "num-cores", "mattr"),
+            "aarch64": ("mcpu", "num-cores", "mattr"), "cuda": ("arch", "max_threads_per_block",
+                                                                "max_shared_memory_per_block")}
 
 
 def host_cores() -> int:
@@ -42,48 +49,68 @@ def _host_dict() -> dict:
 
 
 def _friendly_dict(name: str, options: dict) -> dict:
+    if not isinstance(name, str) or name.lower() not in FRIENDLY:
+        raise ValueError(f"Unknown target {name!r}; expected one of {FRIENDLY}, a TVM target dict "
+                         f"({{'kind': 'llvm' | 'cuda', ...}}) or a tvm.target.Target")
+    name = {"arm": "aarch64"}.get(name.lower(), name.lower())
     options = dict(options)
+    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    if unknown:
+        raise ValueError(f"target {name!r} does not take {unknown}; its options are {list(_OPTIONS[name])}")
     if name == "host":
         out = _host_dict()
         out.update(options)
         return out
     if name == "x86":
-        return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": options.pop("mcpu", _X86_DEFAULT_MCPU),
+        mcpu = options.pop("mcpu", _X86_DEFAULT_MCPU)
+        if mcpu not in X86_MCPUS:
+            raise ValueError(f"target x86: unsupported mcpu {mcpu!r}; expected one of {X86_MCPUS}")
+        return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu,
                 "num-cores": int(options.pop("num-cores", host_cores())), **options}
-    if name in ("aarch64", "arm"):
+    if name == "aarch64":
         mcpu = options.pop("mcpu", "generic")
-        if mcpu not in _ARM_MCPUS:
-            raise ValueError(f"target aarch64: unsupported mcpu {mcpu!r}; expected one of {_ARM_MCPUS}")
+        if mcpu not in ARM_MCPUS:
+            raise ValueError(f"target aarch64: unsupported mcpu {mcpu!r}; expected one of {ARM_MCPUS}")
         mattr = ["+neon"] + (["+dotprod"] if mcpu in _DOTPROD else [])
+        mattr += [a for a in options.pop("mattr", []) if a not in mattr]
         return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": mattr,
                 "num-cores": int(options.pop("num-cores", 4)), **options}
-    if name == "cuda":
-        arch = options.pop("arch", "sm_80")
-        if arch not in _CUDA_ARCHS:
-            raise ValueError(f"target cuda: unsupported arch {arch!r}; expected one of {_CUDA_ARCHS}")
-        return {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
-                "thread_warp_size": 32, **options}
-    raise ValueError(f"Unknown target {name!r}; expected one of {FRIENDLY}, a TVM target dict or a tvm.target.Target")
+    arch = options.pop("arch", "sm_80")
+    if arch not in CUDA_ARCHS:
+        raise ValueError(f"target cuda: unsupported arch {arch!r}; expected one of {CUDA_ARCHS}")
+    return {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+            "thread_warp_size": 32, **options}
 
 
 def resolve(target=None):
     """Return a ``tvm.target.Target`` for a friendly name, dict, Target or None (host)."""
     from tvm.target import Target  # noqa: PLC0415
 
-    if isinstance(target, Target):
-        return target
     if target is None:
         target = "host"
-    if isinstance(target, str):
-        return Target(_friendly_dict(target, {}))
-    if isinstance(target, dict):
+    if isinstance(target, Target):
+        out = target
+    elif isinstance(target, str):
+        if " " in target or target.startswith(("llvm", "nvptx")):
+            raise ValueError(f"target strings like {target!r} are not accepted by TVM 0.27: use a friendly name "
+                             f"{FRIENDLY} or a dict such as {{'kind': 'llvm', 'mcpu': 'znver3', 'num-cores': 4}}")
+        out = Target(_friendly_dict(target, {}))
+    elif isinstance(target, dict):
         if "kind" in target:
-            return Target(dict(target))
-        if "name" in target:
+            out = Target(dict(target))
+        elif "name" in target:
             options = {k: v for k, v in target.items() if k != "name"}
-            return Target(_friendly_dict(target["name"], options))
-        raise ValueError(f"target dict needs a 'kind' (TVM) or 'name' (one of {FRIENDLY}), received {target!r}")
-    raise TypeError(f"target must be None, a str, a dict or a tvm.target.Target, received {type(target).__name__}")
+            out = Target(_friendly_dict(target["name"], options))
+        else:
+            raise ValueError(f"target dict needs a 'kind' (TVM) or 'name' (one of {FRIENDLY}), "
+                             f"received {target!r}")
+    else:
+        raise TypeError(f"target must be None, a str, a dict or a tvm.target.Target, "
+                        f"received {type(target).__name__}")
+    if out.kind.name not in ("llvm", "cuda"):
+        raise ValueError(f"target kind {out.kind.name!r} has no GRU schedule; supported kinds are 'llvm' "
+                         f"(x86, aarch64) and 'cuda'")
+    return out
 
 
 def family(target) -> str:
@@ -96,8 +123,8 @@ def family(target) -> str:
     return "x86"
 
 
-_AVX512 = ("skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client", "tigerlake",
-           "sapphirerapids", "znver4", "znver5", "graniterapids", "emeraldrapids")
+AVX512_MCPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client", "tigerlake",
+                "sapphirerapids", "znver4", "znver5", "graniterapids", "emeraldrapids", "x86-64-v4")
 
 
 def lanes(target, dtype: str) -> int:
@@ -106,7 +133,30 @@ def lanes(target, dtype: str) -> int:
     fam = family(target)
     if fam == "x86":
         mcpu = str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else ""
-        bits = 512 if mcpu in _AVX512 else 256
+        bits = 512 if mcpu in AVX512_MCPUS else 256
     elif fam == "cuda":
-        bits = 32 * 32  # one warp of float32: a block of 32 units per warp
+        return 1  # one warp per unit reads a contiguous run of k (see schedules/cuda.py)
     return bits // (32 if dtype == "float32" else 64)
+
+
+def _host_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith(("flags", "Features"))),
+                        set())
+    except OSError:
+        return set()
+
+
+def runs_here(target) -> bool:
+    """Whether kernels compiled for ``target`` can be called in this process (same ISA, no missing AVX-512)."""
+    import platform  # noqa: PLC0415
+
+    machine = platform.machine()
+    host = "aarch64" if machine in ("aarch64", "arm64") else ("x86" if machine in ("x86_64", "AMD64") else machine)
+    fam = family(target)
+    if fam != host:
+        return False
+    if fam == "x86" and "mcpu" in target.attrs and str(target.attrs["mcpu"]) in AVX512_MCPUS:
+        return "avx512f" in _host_flags()
+    return True
