@@ -259,3 +259,28 @@ def test_relax_call_tir():
     got = vm["main"](*[tvm.runtime.tensor(a) for a in (xv, hv, *weights.values())]).numpy()
     ref = reference.sequence(cell.config, np.stack([xv, xv]), hv, *cell.get_weights())[-1]
     assert np.max(np.abs(got - ref)) <= tolerance("float32", ref)
+
+
+def test_extra_file_is_refused(exported, tmp_path):
+    path = _copy(exported[1], tmp_path)
+    (path / "lib" / "libevil.so").write_bytes(b"\x7fELF")
+    with pytest.raises(ArtifactError, match="does not list"):
+        load(path)
+
+
+def test_weights_not_matching_the_config_are_refused(exported, tmp_path):
+    import hashlib
+    import json
+
+    path = _copy(exported[1], tmp_path)
+    with np.load(path / "weights.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["kernel_packed"] = arrays["kernel_packed"][..., :1, :]  # drop a row of the input dimension
+    np.savez(path / "weights.npz", **arrays)
+    meta_path = path / "tvm_gru_artifact.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["weights.npz"] = hashlib.sha256((path / "weights.npz").read_bytes()).hexdigest()
+    meta["shapes"]["kernel_packed"] = list(arrays["kernel_packed"].shape)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="kernel_packed"):
+        load(path)

@@ -92,7 +92,30 @@ def verify(path) -> dict:
         if actual != digest:
             raise ArtifactError(f"artifact file {rel} is damaged or was modified: SHA-256 {actual} != {digest} "
                                 f"recorded at export")
+    listed = {(root / rel).resolve() for rel in files} | {(root / METADATA).resolve()}
+    extra = sorted(str(f.relative_to(root)) for f in root.rglob("*")
+                   if f.is_file() and "__pycache__" not in f.parts and f.resolve() not in listed)
+    if extra:
+        # an added library next to the kernel could be picked up by the dynamic loader: refuse, do not ignore
+        raise ArtifactError(f"artifact {root} holds files its metadata does not list: {extra}")
     return meta
+
+
+def _check_weights(meta: dict, weights: dict) -> None:
+    """The packed weights must have the shapes and dtype the config implies (before any kernel sees them)."""
+    cfg = meta["config"]
+    units, input_dim, lanes = int(cfg["units"]), int(meta["input_dim"]), int(meta["lanes"])
+    width = -(-units // lanes) * lanes
+    gates = {"kernel_packed": (input_dim, 3), "recurrent_packed": (units, 3 if cfg["reset_after"] else 2),
+             "candidate_packed": (units, 1), "bias_packed": (2, 3)}
+    for name, array in weights.items():
+        depth, count = gates.get(name, (None, None))
+        expected = tuple(meta["shapes"].get(name, ()))
+        if (array.shape != expected or depth is None or array.size != depth * count * width
+                or array.dtype != np.dtype(cfg["dtype"])):
+            raise ArtifactError(f"weight {name} has shape {array.shape} and dtype {array.dtype}; the config "
+                                f"(units={units}, input_dim={input_dim}, dtype={cfg['dtype']}) implies "
+                                f"{depth * count * width if depth else '?'} values of shape {expected}")
 
 
 # ---------------------------------------------------------------------------------------- machine checks
@@ -194,6 +217,9 @@ def load(path, device_id: int = 0) -> "DeployedCell":
     root = Path(path).resolve()
     meta = verify(root)
     check_machine(meta["target"])
+    with np.load(root / meta["weights"], allow_pickle=False) as data:
+        weights = {name: data[name] for name in meta["kernel"]["weights"]}
+    _check_weights(meta, weights)
     if meta["target"]["family"] != "cuda" and "TVM_NUM_THREADS" not in os.environ:
         # TVM's CPU thread pool reads it once, at its first parallel launch (unset, it was measured slow)
         try:
@@ -204,8 +230,6 @@ def load(path, device_id: int = 0) -> "DeployedCell":
     if meta["target"]["family"] == "cuda":
         _check_cuda_device(device_id, meta["target"].get("arch"))
     module = tvm_ffi.load_module(str((root / meta["kernel"]["library"]).resolve()))
-    with np.load(root / meta["weights"]) as data:
-        weights = {name: data[name] for name in meta["kernel"]["weights"]}
     return DeployedCell(meta, module, weights, device_id)
 
 
