@@ -21,7 +21,9 @@ from .api import irmodule, packed_weights, primfunc  # noqa: E402
 from .cell import GRUCell  # noqa: E402
 from .config import GRUConfig, StepSpec  # noqa: E402
 from .export import export_cell  # noqa: E402
+from .layer import GRU  # noqa: E402
+from .onnx_io import from_onnx  # noqa: E402
 from .runtime.artifact import ArtifactError, DeployedCell, load  # noqa: E402
 
-__all__ = ["GRUCell", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "ArtifactError",
+__all__ = ["GRUCell", "GRU", "from_onnx", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "ArtifactError",
            "export_cell", "primfunc", "irmodule", "packed_weights"]

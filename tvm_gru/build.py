@@ -110,7 +110,10 @@ def _load_or_build(spec, target, key):
             return tvm.runtime.load_module(str(path))["main"]
         except Exception as err:  # a truncated or foreign file: rebuild it  # noqa: BLE001
             log.warning("tvm_gru: discarding unreadable cache entry %s (%s)", path, err)
-    executable = tvm.compile(scheduled_module(spec, target), target=target)
+    from .sequence import vectorizable_isnan  # noqa: PLC0415
+
+    with vectorizable_isnan():  # else the NaN-safe activations scalarise the whole epilogue
+        executable = tvm.compile(scheduled_module(spec, target), target=target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so")

@@ -334,6 +334,12 @@ class GRUCell:
         return export_cell(self, path, target=self.target if target is None else target, batch=batch,
                            overwrite=overwrite)
 
+    def to_onnx(self, path=None, opset: int = 14, batch=None):
+        """Write one step as an ONNX GRU node (see :func:`tvm_gru.onnx_io.cell_to_onnx`)."""
+        from .onnx_io import cell_to_onnx  # noqa: PLC0415
+
+        return cell_to_onnx(self, path, opset=opset, batch=batch)
+
     def __repr__(self) -> str:
         c = self.config
         return (f"GRUCell(units={c.units}, activation={c.activation!r}, recurrent_activation="

@@ -1,0 +1,221 @@
+"""ONNX import/export against onnxruntime's GRU (and torch.onnx.export when torch is installed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import tolerance
+from onnx import TensorProto, helper, numpy_helper
+
+from tvm_gru.cell import GRUCell
+from tvm_gru.layer import GRU
+from tvm_gru.onnx_io import cell_to_onnx, from_onnx, lengths_to_mask, run_onnx
+
+ort = pytest.importorskip("onnxruntime")
+
+# Every Keras activation with an ONNX equivalent; each appears once as f and once as g.
+ACTS = ["sigmoid", "tanh", "relu", "hard_sigmoid", "linear", "elu", "softsign", "softplus", "leaky_relu"]
+PAIRS = [(f, g, i % 2 == 1) for i, (f, g) in enumerate(zip(ACTS, ACTS[1:] + ACTS[:1]))]
+PAIRS.append(("hard_sigmoid", "tanh", True))
+PAIRS.append(("hard_sigmoid", "tanh", False))
+ATOL = 2e-6
+
+
+def _session(model):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _random_layer(units, input_dim, seed=0, **kwargs):
+    layer = GRU(units, return_sequences=True, return_state=True, time_major=True, **kwargs)
+    rng = np.random.default_rng(seed)
+    cfg = layer.cell.config
+    weights = [rng.uniform(-0.5, 0.5, (input_dim, 3 * units)), rng.uniform(-0.5, 0.5, (units, 3 * units))]
+    if cfg.use_bias:
+        weights.append(rng.uniform(-0.5, 0.5, cfg.bias_shape))
+    layer.set_weights([w.astype(cfg.dtype) for w in weights])
+    return layer
+
+
+@pytest.mark.parametrize("f, g, reset_after", PAIRS, ids=[f"{f}-{g}-ra{int(ra)}" for f, g, ra in PAIRS])
+def test_export_runs_in_onnxruntime_both_directions(f, g, reset_after, tmp_path):
+    x = np.random.default_rng(1).uniform(-1.5, 1.5, (6, 3, 4)).astype("float32")
+    for backwards in (False, True):
+        layer = _random_layer(5, 4, recurrent_activation=f, activation=g, reset_after=reset_after,
+                              go_backwards=backwards)
+        path = tmp_path / "gru.onnx"
+        layer.to_onnx(path, opset=14)
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        node = model.graph.node[0]
+        assert node.op_type == "GRU" and len(model.graph.node) == 1
+        Y, Y_h = _session(model).run(None, {"X": x})
+        seq, state = layer(x)
+        atol = tolerance("float32", Y)  # relu / linear candidates grow: the tolerance scales with |Y|
+        np.testing.assert_allclose(Y[:, 0], seq[::-1] if backwards else seq, rtol=0, atol=atol)
+        np.testing.assert_allclose(Y_h[0], state, rtol=0, atol=atol)
+        # and back: the imported layer reproduces onnxruntime
+        Y2, Y_h2 = run_onnx(from_onnx(path), x)
+        np.testing.assert_allclose(Y2, Y, rtol=0, atol=atol)
+        np.testing.assert_allclose(Y_h2, Y_h, rtol=0, atol=atol)
+
+
+def test_exact_mapping_of_the_v1_default():
+    layer = _random_layer(3, 2)
+    model = layer.to_onnx()
+    attrs = {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+    assert attrs["activations"] == [b"HardSigmoid", b"Tanh"]
+    assert attrs["activation_alpha"] == [pytest.approx(0.2)] and attrs["activation_beta"] == [pytest.approx(0.5)]
+    assert attrs["linear_before_reset"] == 0 and attrs["hidden_size"] == 3
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    kernel, recurrent_kernel, bias = layer.get_weights()
+    np.testing.assert_array_equal(inits["W"], kernel.T[None])
+    np.testing.assert_array_equal(inits["R"], recurrent_kernel.T[None])
+    np.testing.assert_array_equal(inits["B"], np.r_[bias, np.zeros(9, "float32")][None])
+
+
+@pytest.mark.parametrize("name", ["selu", "swish", "gelu", "exponential", "mish", "relu6"])
+def test_unrepresentable_activation_is_named(name):
+    layer = _random_layer(3, 2, activation=name)
+    with pytest.raises(ValueError, match=f"activation.*{name}"):
+        layer.to_onnx()
+
+
+def test_cell_to_onnx_one_step():
+    cell = GRUCell(6, reset_after=True, recurrent_activation="sigmoid")
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (3, 4)).astype("float32")
+    h = rng.uniform(-1, 1, (3, 6)).astype("float32")
+    out, _ = cell(x, [h])
+    model = cell_to_onnx(cell, opset=14)
+    (Y_h,) = _session(model).run(None, {"X": x[None], "initial_h": h[None]})
+    np.testing.assert_allclose(Y_h[0], out, rtol=0, atol=ATOL)
+
+
+def _gru_model(W, R, B=None, *, initial_h=None, lens_input=False, opset=14, **attrs):
+    T, batch = 5, 3
+    inputs = ["X", "W", "R", "B" if B is not None else "", "sequence_lens" if lens_input else "",
+              "initial_h" if initial_h is not None else ""]
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")]
+    if B is not None:
+        inits.append(numpy_helper.from_array(B, "B"))
+    if initial_h is not None:
+        inits.append(numpy_helper.from_array(initial_h, "initial_h"))
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, batch, W.shape[2]])]
+    if lens_input:
+        graph_inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [batch]))
+    node = helper.make_node("GRU", inputs, ["Y", "Y_h"], name="g", hidden_size=R.shape[2], **attrs)
+    outs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)]
+    graph = helper.make_graph([node], "g", graph_inputs, outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _weights(units=4, input_dim=3, seed=3):
+    rng = np.random.default_rng(seed)
+    W = rng.uniform(-0.6, 0.6, (1, 3 * units, input_dim)).astype("float32")
+    R = rng.uniform(-0.6, 0.6, (1, 3 * units, units)).astype("float32")
+    B = rng.uniform(-0.5, 0.5, (1, 6 * units)).astype("float32")
+    return W, R, B
+
+
+@pytest.mark.parametrize("lbr", [0, 1])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_import_foreign_node_with_lengths_and_initial_h(lbr, direction):
+    W, R, B = _weights()
+    h0 = np.random.default_rng(4).uniform(-1, 1, (1, 3, 4)).astype("float32")
+    # Default activations (Sigmoid, Tanh); a recurrent bias on every gate, also with lbr=0 (folded on import).
+    model = _gru_model(W, R, B, initial_h=h0, lens_input=True, linear_before_reset=lbr, direction=direction)
+    x = np.random.default_rng(5).uniform(-1, 1, (5, 3, 3)).astype("float32")
+    lens = np.array([5, 2, 0], np.int32)
+    Y, Y_h = _session(model).run(None, {"X": x, "sequence_lens": lens})
+    layer = from_onnx(model)
+    assert layer.cell.config.reset_after == bool(lbr) and layer.go_backwards == (direction == "reverse")
+    assert layer.cell.config.recurrent_activation == "sigmoid" and layer.cell.config.activation == "tanh"
+    Y2, Y_h2 = run_onnx(layer, x, sequence_lens=lens)  # initial_h: the node's constant
+    np.testing.assert_allclose(Y2, Y, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(Y_h2, Y_h, rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(Y2[2:, 0, 1], 0.0)  # past the length: zeros, as ONNX
+    _, state = layer(x, mask=lengths_to_mask(lens, 5), initial_state=h0[0])
+    np.testing.assert_array_equal(state[2], h0[0, 2])  # the layer itself: length 0 keeps the initial state
+
+
+def test_import_without_bias_and_batch_major_layout():
+    W, R, _ = _weights(seed=6)
+    act = dict(activations=["HardSigmoid", "Relu"], activation_alpha=[0.2], activation_beta=[0.5])
+    ref = _gru_model(W, R, **act)
+    x = np.random.default_rng(7).uniform(-1, 1, (5, 3, 3)).astype("float32")
+    Y, Y_h = _session(ref).run(None, {"X": x})
+    layer = from_onnx(ref)
+    assert layer.cell.config.use_bias is False and layer.cell.config.recurrent_activation == "hard_sigmoid"
+    batch_major = from_onnx(_gru_model(W, R, layout=1, **act))  # onnxruntime refuses layout=1; tvm_gru runs it
+    assert batch_major.time_major is False
+    Y2, Y_h2 = run_onnx(batch_major, np.ascontiguousarray(x.transpose(1, 0, 2)))
+    np.testing.assert_allclose(Y2.transpose(1, 2, 0, 3), Y, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(Y_h2.transpose(1, 0, 2), Y_h, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("attrs, match", [
+    (dict(activations=["HardSigmoid", "Tanh"], activation_alpha=[0.3], activation_beta=[0.5]), "activation_alpha"),
+    (dict(activations=["Affine", "Tanh"], activation_alpha=[2.0], activation_beta=[0.0]), "Affine"),
+    (dict(clip=3.0), "clip"),
+    (dict(direction="bidirectional"), "bidirectional"),
+    (dict(activations=["Sigmoid", "Gelu"]), "activations"),
+], ids=["hardsigmoid_alpha", "affine_alpha", "clip", "bidirectional", "unknown"])
+def test_import_refuses_what_keras_cannot_express(attrs, match):
+    W, R, B = _weights()
+    if attrs.get("direction") == "bidirectional":
+        W, R, B = (np.concatenate([a, a]) for a in (W, R, B))
+    with pytest.raises(ValueError, match=match):
+        from_onnx(_gru_model(W, R, B, **attrs))
+
+
+def test_import_node_selection_and_non_constant_weights(tmp_path):
+    W, R, B = _weights()
+    model = _gru_model(W, R, B)
+    assert from_onnx(model, node="g").name == "g" and from_onnx(model, node=0).units == 4
+    with pytest.raises(ValueError, match="no GRU node named"):
+        from_onnx(model, node="other")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert from_onnx(str(path)).units == 4
+    model.graph.initializer.pop(0)  # W becomes a dangling name
+    model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, list(W.shape)))
+    with pytest.raises(ValueError, match="'W'.*constant"):
+        from_onnx(model)
+
+
+def test_opset_7_and_lengths_helper():
+    layer = _random_layer(4, 3, reset_after=True)
+    model = layer.to_onnx(opset=7)
+    assert model.opset_import[0].version == 7
+    x = np.random.default_rng(8).uniform(-1, 1, (4, 2, 3)).astype("float32")
+    Y, _ = _session(model).run(None, {"X": x})
+    np.testing.assert_allclose(Y[:, 0], layer(x)[0], rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(lengths_to_mask([2, 0], 3), [[True, False], [True, False], [False, False]])
+    with pytest.raises(ValueError, match="opset"):
+        layer.to_onnx(opset=5)
+
+
+@pytest.mark.filterwarnings("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+def test_torch_exported_gru(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(input_size=5, hidden_size=8)
+    x = torch.rand(7, 2, 5)
+    path = tmp_path / "torch_gru.onnx"
+    try:
+        torch.onnx.export(gru, (x,), str(path), input_names=["X"], output_names=["Y", "Y_h"], opset_version=14,
+                          dynamo=False)
+    except (ImportError, ModuleNotFoundError) as err:  # exporter extras (onnxscript) missing
+        pytest.skip(f"torch.onnx.export unavailable: {err}")
+    expected, h_n = gru(x)
+    layer = from_onnx(path)
+    assert layer.cell.config.reset_after is True and layer.cell.config.recurrent_activation == "sigmoid"
+    Y, Y_h = run_onnx(layer, x.numpy())
+    np.testing.assert_allclose(Y[:, 0], expected.detach().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(Y_h, h_n.detach().numpy(), rtol=0, atol=1e-5)

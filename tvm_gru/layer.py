@@ -1,0 +1,501 @@
+"""``GRU``: the Keras v1 GRU layer, a whole sequence per compiled call.
+
+Mirrors tf_keras ``gru_v1.GRU`` (``tf.compat.v1.keras.layers.GRU`` with ``TF_USE_LEGACY_KERAS=1``): the cell's
+arguments plus ``return_sequences``, ``return_state``, ``go_backwards``, ``stateful``, ``unroll`` (accepted, no
+effect: there is no Python loop to unroll) and ``time_major``; ``layer(inputs, mask=None, training=None,
+initial_state=None)``; ``reset_states``; the cell's weights; a flat ``get_config`` like tf_keras.
+
+The layer holds a :class:`tvm_gru.cell.GRUCell` for everything about weights (creation, initializers,
+regularizers, constraints, dropout masks) and runs the sequence kernel of :mod:`tvm_gru.sequence`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import regularizers
+from .cell import GRUCell
+from .config import check_positive_int
+from .inputs import as_array
+from .sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
+
+__all__ = ["GRU"]
+
+_COUNTER = [0]
+_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll", "time_major",
+          "zero_output_for_mask")
+# Keys of a tf_keras GRU config that carry no meaning here.
+_IGNORED_KEYS = ("batch_input_shape", "enable_caching_device", "cell", "input_spec")
+
+
+class GRU:
+    """Keras v1 GRU layer (defaults: hard_sigmoid, reset_after=False, implementation=1).
+
+    Parameters
+    ----------
+    units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
+    bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer, kernel_constraint,
+    recurrent_constraint, bias_constraint, dropout, recurrent_dropout, implementation, reset_after, dtype,
+    target, seed
+        As for :class:`tvm_gru.GRUCell`.
+    activity_regularizer : str, dict, Regularizer or None
+        Penalty on the outputs of each call (divided by the batch size, as Keras does), in :attr:`losses`.
+    return_sequences : bool
+        Return the output of every step (B, T, H) instead of the last one (B, H).
+    return_state : bool
+        Also return the final state: ``[output, state]``.
+    go_backwards : bool
+        Process the sequence backwards; outputs are in processing order (as Keras returns them).
+    stateful : bool
+        Keep the final state of each call as the initial state of the next (streaming); see
+        :meth:`reset_states`. The batch size is fixed by the first call.
+    unroll : bool
+        Accepted for compatibility; the sequence always runs as one compiled loop.
+    time_major : bool
+        Inputs (T, B, I) and sequence outputs (T, B, H) instead of (B, T, ...).
+    zero_output_for_mask : bool
+        Masked steps output zeros instead of the previous output (Keras RNN option).
+    name : str, optional
+    """
+
+    def __init__(self, units, activation="tanh", recurrent_activation="hard_sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, recurrent_constraint=None, bias_constraint=None,
+                 dropout=0.0, recurrent_dropout=0.0, implementation=1, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, reset_after=False, time_major=False,
+                 zero_output_for_mask=False, dtype="float32", target=None, seed=None, name=None):
+        self.cell = GRUCell(units, activation=activation, recurrent_activation=recurrent_activation,
+                            use_bias=use_bias, kernel_initializer=kernel_initializer,
+                            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+                            kernel_regularizer=kernel_regularizer, recurrent_regularizer=recurrent_regularizer,
+                            bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+                            recurrent_constraint=recurrent_constraint, bias_constraint=bias_constraint,
+                            dropout=dropout, recurrent_dropout=recurrent_dropout, implementation=implementation,
+                            reset_after=reset_after, dtype=dtype, target=target, seed=seed, name="gru_cell")
+        flags = dict(return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards,
+                     stateful=stateful, unroll=unroll, time_major=time_major,
+                     zero_output_for_mask=zero_output_for_mask)
+        for key, value in flags.items():
+            if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral)
+                                                               and value in (0, 1)):
+                raise TypeError(f"`{key}` must be a bool, received {value!r}")
+            setattr(self, key, bool(value))
+        self.activity_regularizer = regularizers.get(activity_regularizer)
+        if name is None:
+            _COUNTER[0] += 1
+            name = "gru" if _COUNTER[0] == 1 else f"gru_{_COUNTER[0] - 1}"
+        self.name = name
+        self._runners = {}
+        self._fast = None
+        self._packed = None
+        self._packed_src = None
+        self._states = None  # stateful: [current, spare] (B, H) buffers, swapped after each call
+        self._activity_losses = []
+
+    # ------------------------------------------------------------------ Keras properties
+    def __getattr__(self, key):
+        # The cell's configuration (units, activation, dropout, initializers, ...) reads through, as in Keras.
+        if key.startswith("_") or key == "cell":
+            raise AttributeError(key)
+        cell = self.__dict__.get("cell")
+        if cell is not None and key in _CELL_ATTRS:
+            value = getattr(cell.config, key) if hasattr(cell.config, key) else getattr(cell, key)
+            return value
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'")
+
+    @property
+    def built(self) -> bool:
+        return self.cell.built
+
+    @property
+    def input_dim(self):
+        return self.cell.input_dim
+
+    @property
+    def weights(self) -> list:
+        """The live weight arrays ``[kernel, recurrent_kernel(, bias)]``."""
+        if not self.built:
+            return []
+        cell = self.cell
+        return [cell.kernel, cell.recurrent_kernel] + ([cell.bias] if cell.config.use_bias else [])
+
+    trainable_weights = weights
+
+    @property
+    def losses(self) -> list:
+        """Weight penalties of the cell, then the activity penalties of the last call."""
+        return self.cell.losses + list(self._activity_losses)
+
+    @property
+    def states(self):
+        """Stateful layers: ``[state (B, H)]`` (a copy) once the batch size is known; otherwise ``[None]``."""
+        if self._states is None:
+            return [None]
+        return [self._states[0].copy()]
+
+    # ------------------------------------------------------------------ weights
+    def build(self, input_shape) -> None:
+        """Create the weights for inputs of shape ``(batch, time, input_dim)`` (or ``(..., input_dim)``)."""
+        self.cell.build(tuple(input_shape))
+        self._repack()
+
+    def get_weights(self) -> list:
+        return self.cell.get_weights()
+
+    def set_weights(self, weights) -> None:
+        """Keras order: ``[kernel (I, 3H), recurrent_kernel (H, 3H)(, bias)]``; builds the layer if needed."""
+        self.cell.set_weights(weights)
+        self._repack()
+
+    def _repack(self) -> None:
+        cell = self.cell
+        self._packed = pack_sequence_weights(cell.config, cell.kernel, cell.recurrent_kernel, cell.bias,
+                                             cell.lanes)
+        self._packed_src = (cell.kernel, cell.recurrent_kernel, cell.bias)
+        for runner in self._runners.values():
+            runner.set_weights(self._packed)
+
+    def _check_fresh(self) -> None:
+        """Repack when the cell's weights were replaced behind the layer's back (``layer.cell.set_weights``)."""
+        src = self._packed_src
+        cell = self.cell
+        if src is None or src[0] is not cell.kernel or src[1] is not cell.recurrent_kernel or src[2] is not cell.bias:
+            self._repack()
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        """A flat dict in the tf_keras ``GRU.get_config()`` format (plus ``seed``)."""
+        cell_cfg = self.cell.get_config()
+        cfg = {"name": self.name, "trainable": True, "dtype": cell_cfg["dtype"]}
+        cfg.update({k: getattr(self, k) for k in _FLAGS if k != "zero_output_for_mask"})
+        if self.zero_output_for_mask:
+            cfg["zero_output_for_mask"] = True
+        for key, value in cell_cfg.items():
+            if key in ("name", "trainable", "dtype", "seed"):
+                continue
+            cfg[key] = value
+            if key == "bias_regularizer":
+                reg = self.activity_regularizer
+                cfg["activity_regularizer"] = None if reg is None else regularizers.serialize(reg, with_module=True)
+        cfg["seed"] = cell_cfg["seed"]
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict, target=None) -> "GRU":
+        """Build a layer from :meth:`get_config` output or a tf_keras ``GRU.get_config()`` dict."""
+        if not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
+        cfg = {k: v for k, v in config.items() if k not in _IGNORED_KEYS}
+        cfg.pop("trainable", None)
+        if "units" not in cfg:
+            raise ValueError("`config` has no 'units' entry")
+        code = cls.__init__.__code__
+        known = set(code.co_varnames[1:code.co_argcount])
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"`config` has unsupported keys {unknown}; expected a subset of {sorted(known)}")
+        if target is not None:
+            cfg["target"] = target
+        return cls(**cfg)
+
+    def to_onnx(self, path=None, opset: int = 14, batch=None):
+        """Write the layer as one ONNX GRU node (see :func:`tvm_gru.onnx_io.layer_to_onnx`)."""
+        from .onnx_io import layer_to_onnx  # noqa: PLC0415
+
+        return layer_to_onnx(self, path, opset=opset, batch=batch)
+
+    # ------------------------------------------------------------------ states
+    def get_initial_state(self, inputs) -> np.ndarray:
+        """Zeros (batch, units) for ``inputs`` of shape (batch, time, input_dim) (time-major: (time, batch, ...))."""
+        x = as_array("inputs", inputs)
+        batch = x.shape[1] if self.time_major else x.shape[0]
+        return np.zeros((batch, self.cell.units), self.cell.dtype)
+
+    def reset_states(self, states=None) -> None:
+        """Zero the state of a stateful layer, or set it to ``states`` (a (B, H) array or a list of one)."""
+        if not self.stateful:
+            raise AttributeError("Layer must be stateful.")
+        if states is None:
+            if self._states is not None:
+                for s in self._states:
+                    s[...] = 0
+            return
+        if isinstance(states, (list, tuple)):
+            if len(states) != 1:
+                raise ValueError(f"Layer {self.name} expects 1 state, but it received {len(states)} state values.")
+            states = states[0]
+        value = as_array("states", states)
+        batch = self._states[0].shape[0] if self._states is not None else value.shape[0]
+        if value.shape != (batch, self.cell.units):
+            raise ValueError(f"State 0 is incompatible with layer {self.name}: expected shape "
+                             f"{(batch, self.cell.units)} but found {value.shape}")
+        if self._states is None:
+            self._states = [np.zeros(value.shape, self.cell.dtype) for _ in range(2)]
+        self._states[0][...] = value
+
+    def compute_output_shape(self, input_shape) -> list | tuple:
+        shape = tuple(input_shape)
+        batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
+        units = self.cell.units
+        if self.return_sequences:
+            out = (steps, batch, units) if self.time_major else (batch, steps, units)
+        else:
+            out = (batch, units)
+        return [out, (batch, units)] if self.return_state else out
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, inputs, mask=None, training=None, initial_state=None):
+        """Run the whole sequence.
+
+        Parameters
+        ----------
+        inputs : (B, T, I) array or DLPack tensor ((T, B, I) when ``time_major``); or a list
+            ``[inputs, initial_state]`` as Keras accepts
+        mask : (B, T) bool array ((T, B) when ``time_major``), optional
+            False = the step is padding: the state is kept and the previous output repeated.
+        training : bool or None
+            True applies dropout (the same masks at every step, as the Keras RNN layer does).
+        initial_state : (B, H) array or a list of one, optional
+            Overrides the zero (or, when stateful, the carried) initial state.
+
+        Returns
+        -------
+        output : (B, T, H) if ``return_sequences`` else (B, H); with ``return_state``: ``[output, state]``
+        """
+        fast = self._fast
+        if fast is not None and mask is None and initial_state is None and not training \
+                and type(inputs) is np.ndarray:
+            try:
+                return fast(inputs)
+            except (TypeError, ValueError, IndexError, BufferError):
+                pass  # not the compiled shape/dtype/layout: the checked path says why or converts
+        return self._call_checked(inputs, mask, training, initial_state)
+
+    def _call_checked(self, inputs, mask, training, initial_state):
+        if isinstance(inputs, (list, tuple)):
+            if not inputs:
+                raise ValueError("`inputs` is an empty list")
+            if len(inputs) > 1:
+                if initial_state is not None:
+                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
+                initial_state = list(inputs[1:])
+            inputs = inputs[0]
+        x = as_array("inputs", inputs)
+        if x.ndim != 3:
+            layout = "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
+            raise ValueError(f"`inputs` must have rank 3 {layout}; received shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"`inputs` must hold floating point values; received dtype {x.dtype}")
+        if not self.built:
+            self.build(x.shape)
+        if x.shape[2] != self.input_dim:
+            raise ValueError(f"`inputs` must have {self.input_dim} features (the layer was built for input_dim="
+                             f"{self.input_dim}); received shape {x.shape}")
+        self._check_fresh()
+        dt = self.cell.dtype
+        x = _kernel_view(x, dt)
+        batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
+        h0 = self._initial_state(initial_state, batch)
+        valid = self._mask(mask, x.shape[:2]) if mask is not None else None
+        masks = ()
+        if training and (self.cell.config.dropout > 0 or self.cell.config.recurrent_dropout > 0) and batch:
+            self.cell.reset_dropout_mask()  # the Keras RNN layer draws new masks on each call
+            self.cell.reset_recurrent_dropout_mask()
+            masks = self.cell._training_masks(batch)  # noqa: SLF001 (the cell owns the mask semantics)
+        if batch == 0 or steps == 0:
+            return self._empty_call(x.shape, h0)
+        runner = self._runner(batch, valid is not None, masks)
+        if valid is None and not masks and initial_state is None:
+            self._fast = runner.fast
+        extra = list(masks[:1])
+        if len(masks) == 2:
+            extra.append(padded_recurrent_mask(masks[1], self.cell.lanes))
+        return runner.run(x, h0, valid, extra)
+
+    def _initial_state(self, initial_state, batch):
+        dt, units = self.cell.dtype, self.cell.units
+        if self.stateful:
+            if self._states is None:
+                self._states = [np.zeros((batch, units), dt) for _ in range(2)]
+            elif self._states[0].shape[0] != batch:
+                raise ValueError(f"Layer {self.name} is stateful with batch size {self._states[0].shape[0]}; "
+                                 f"received inputs with batch size {batch} (call reset_states or use a new layer)")
+        if initial_state is not None:
+            if isinstance(initial_state, (list, tuple)):
+                if len(initial_state) != 1:
+                    raise ValueError(f"Layer {self.name} expects 1 initial state, received {len(initial_state)}")
+                initial_state = initial_state[0]
+            h0 = as_array("initial_state", initial_state)
+            if h0.shape != (batch, units):
+                raise ValueError(f"`initial_state` must have shape {(batch, units)}; received {h0.shape}")
+            if h0.dtype.kind != "f":
+                raise TypeError(f"`initial_state` must hold floating point values; received dtype {h0.dtype}")
+            return _kernel_view(h0, dt)
+        return self._states[0] if self.stateful else None  # None: zeros, held by the runner
+
+    def _mask(self, mask, leading):
+        valid = as_array("mask", mask)
+        if valid.shape != tuple(leading):
+            layout = "(time, batch)" if self.time_major else "(batch, time)"
+            raise ValueError(f"`mask` must have shape {layout} = {tuple(leading)}; received {valid.shape}")
+        if valid.dtype == np.bool_ and valid.flags.c_contiguous and valid.flags.writeable:
+            return valid.view(np.uint8)
+        return np.ascontiguousarray(valid != 0, dtype=np.uint8)
+
+    def _empty_call(self, shape, h0):
+        units, dt = self.cell.units, self.cell.dtype
+        batch = shape[1] if self.time_major else shape[0]
+        if self.return_sequences:
+            out = np.zeros((shape[0], shape[1], units), dt)
+        else:
+            out = np.zeros((batch, units), dt)
+        state = np.zeros((batch, units), dt) if h0 is None else np.array(h0)
+        return [out, state] if self.return_state else out
+
+    def _runner(self, batch, masked, masks):
+        key = (batch, masked, tuple(m.shape[0] for m in masks), self.return_sequences, self.time_major,
+               self.zero_output_for_mask)
+        runner = self._runners.get(key)
+        if runner is None:
+            from . import targets  # noqa: PLC0415
+
+            target = self.cell.target
+            if not targets.runs_here(target):
+                raise RuntimeError(f"this layer targets {targets.family(target)}, which cannot run in this "
+                                   "process; the whole-sequence kernel runs on this machine's CPU only "
+                                   "(use target=None)")
+            spec = SequenceSpec(self.cell.config, batch=batch, input_dim=self.input_dim, lanes=self.cell.lanes,
+                                time_major=self.time_major, masked=masked,
+                                zero_output_for_mask=self.zero_output_for_mask,
+                                return_sequences=self.return_sequences,
+                                input_masks=masks[0].shape[0] if masks else 0,
+                                recurrent_masks=3 if len(masks) == 2 else 0)
+            runner = _Runner(self, spec, self._packed)
+            self._runners[key] = runner
+        return runner
+
+    def __repr__(self) -> str:
+        c = self.cell.config
+        return (f"GRU(units={c.units}, activation={c.activation!r}, recurrent_activation={c.recurrent_activation!r}, "
+                f"reset_after={c.reset_after}, return_sequences={self.return_sequences}, "
+                f"return_state={self.return_state}, go_backwards={self.go_backwards}, stateful={self.stateful})")
+
+
+def _kernel_view(array, dtype):
+    """``array`` as a C-contiguous array of ``dtype`` the kernel can take (DLPack refuses read-only arrays)."""
+    out = np.ascontiguousarray(array, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
+
+
+_CELL_ATTRS = frozenset({
+    "units", "activation", "recurrent_activation", "use_bias", "reset_after", "implementation", "dropout",
+    "recurrent_dropout", "dtype", "kernel_initializer", "recurrent_initializer", "bias_initializer",
+    "kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "kernel_constraint", "recurrent_constraint",
+    "bias_constraint", "kernel", "recurrent_kernel", "bias", "target", "seed", "state_size", "output_size",
+})
+
+
+class _Runner:
+    """The compiled sequence kernels of one batch size / variant, bound to the packed weights and scratch.
+
+    Only the arrays handed back to the caller are allocated per call; the zero initial state, the unused
+    ``last`` / ``state`` outputs and a stateful layer's two state buffers are reused. Calls of a few steps
+    (streaming) may run a serial kernel (see ``CPUSequenceRule.short_schedule``).
+    """
+
+    def __init__(self, layer, spec, packed):
+        from .sequence import compile_sequence, compile_short_sequence  # noqa: PLC0415 (compiler on first call)
+
+        self.layer, self.spec = layer, spec
+        target = layer.cell.target
+        self.fn = compile_sequence(spec, target)
+        self.short_steps, self.short_fn = compile_short_sequence(spec, target) or (0, None)
+        shape = (spec.batch, spec.config.units)
+        self.dtype = np.dtype(spec.config.dtype)
+        self.zeros = np.zeros(shape, self.dtype)
+        self.scratch = [np.empty(shape, self.dtype) for _ in range(2)]
+        self.set_weights(packed)
+        self.fast = self._make_fast()
+
+    def set_weights(self, packed) -> None:
+        import tvm_ffi  # noqa: PLC0415
+
+        self._keep = list(packed.values())
+        self.wargs = tuple(tvm_ffi.from_dlpack(w) for w in self._keep)
+
+    def kernel(self, steps):
+        return self.short_fn if steps <= self.short_steps else self.fn
+
+    def run(self, x, h0, valid, extra):
+        """Checked path: ``x`` is contiguous of the kernel dtype, ``h0`` (B, H) or None for zeros."""
+        spec = self.spec
+        steps = x.shape[0] if spec.time_major else x.shape[1]
+        seq, last, state = self._outputs(steps)
+        args = [x, self.zeros if h0 is None else h0] + ([valid] if valid is not None else []) + [*self.wargs, *extra]
+        args += ([seq] if seq is not None else []) + [last, state, int(self.layer.go_backwards)]
+        self.kernel(steps)(*args)
+        return self._finish(seq, last, state)
+
+    def _outputs(self, steps):
+        layer, spec = self.layer, self.spec
+        shape = (spec.batch, spec.config.units)
+        seq = None
+        if spec.return_sequences:
+            seq = np.empty((steps, *shape) if spec.time_major else (shape[0], steps, shape[1]), self.dtype)
+            last = self.scratch[0]
+        else:
+            last = np.empty(shape, self.dtype)
+        if layer.stateful:
+            state = layer._states[1]  # noqa: SLF001
+        elif layer.return_state:
+            state = np.empty(shape, self.dtype)
+        else:
+            state = self.scratch[1]
+        return seq, last, state
+
+    def _finish(self, seq, last, state):
+        layer = self.layer
+        if layer.stateful:  # the kernel wrote the new state into the spare buffer: it becomes current
+            layer._states.reverse()  # noqa: SLF001
+        out = seq if seq is not None else last
+        result = [out, state.copy() if layer.stateful else state] if layer.return_state else out
+        if layer.activity_regularizer is not None:
+            outs = result if isinstance(result, list) else [result]
+            batch = max(1, self.spec.batch)
+            layer._activity_losses = [layer.activity_regularizer(o) / batch for o in outs]  # noqa: SLF001
+        return result
+
+    def _make_fast(self):
+        """The streaming path: no checks beyond the kernel's own argument binder, nothing allocated but outputs."""
+        layer, spec = self.layer, self.spec
+        time_axis = 0 if spec.time_major else 1
+        reverse = int(layer.go_backwards)
+        stateful = layer.stateful
+        plain = not stateful and not layer.return_state and layer.activity_regularizer is None
+        zeros, finish, outputs = self.zeros, self._finish, self._outputs
+
+        def fast(x):
+            layer._check_fresh()  # noqa: SLF001
+            steps = x.shape[time_axis]
+            if steps == 0:
+                raise ValueError("empty sequence")  # the checked path handles it
+            h0 = zeros
+            if stateful:
+                states = layer._states  # noqa: SLF001
+                if states is None or states[0].shape[0] != spec.batch:
+                    raise ValueError("stateful layer: no state for this batch yet")
+                h0 = states[0]
+            seq, last, state = outputs(steps)
+            fn = self.short_fn if steps <= self.short_steps else self.fn
+            if seq is None:
+                fn(x, h0, *self.wargs, last, state, reverse)
+            else:
+                fn(x, h0, *self.wargs, seq, last, state, reverse)
+            if plain:
+                return last if seq is None else seq
+            return finish(seq, last, state)
+
+        return fast

@@ -1,0 +1,360 @@
+"""ONNX ``GRU`` <-> tvm_gru, with the exact mapping of the reference notes (semantics.md section 11).
+
+ONNX orders the gates z, r, h like Keras, so the weights only transpose:
+
+    W = kernel.T[None]            (1, 3H, I)         R = recurrent_kernel.T[None]   (1, 3H, H)
+    B = [bias[0] | bias[1]]       reset_after=True  (linear_before_reset=1)
+    B = [bias | zeros(3H)]        reset_after=False (linear_before_reset=0)
+
+Importing a ``linear_before_reset=0`` node folds its recurrent bias into the input bias: with the reset applied
+before the product, every recurrent bias term is a plain sum (``Wb + Rb``), which Keras can hold.
+
+A node's ``sequence_lens`` is a Keras mask (``t < len[b]``) with ``zero_output_for_mask`` (ONNX writes zeros
+past each length); ``direction="reverse"`` is ``go_backwards`` (ONNX returns Y in input time order, Keras in
+processing order: :func:`run_onnx` flips it back).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import activations
+
+__all__ = ["from_onnx", "layer_to_onnx", "cell_to_onnx", "run_onnx", "lengths_to_mask"]
+
+# ONNX activation (lower-cased) -> (takes alpha, takes beta, default alpha, default beta), as onnxruntime reads
+# the activation_alpha / activation_beta lists: consumed in order by the activations that take them.
+_ONNX_PARAMS = {
+    "affine": (True, True, 1.0, 0.0), "leakyrelu": (True, False, 0.01, None),
+    "thresholdedrelu": (True, False, 1.0, None), "scaledtanh": (True, True, 1.0, 1.0),
+    "hardsigmoid": (True, True, 0.2, 0.5), "elu": (True, False, 1.0, None),
+    "relu": (False, False, None, None), "tanh": (False, False, None, None), "sigmoid": (False, False, None, None),
+    "softsign": (False, False, None, None), "softplus": (False, False, None, None),
+}
+
+
+def _keras_activation(name: str, alpha, beta) -> str | None:
+    """The Keras activation equal to ONNX ``name(alpha, beta)``, or None."""
+    f32 = np.float32
+    same = (lambda a, b: a is not None and f32(a) == f32(b))  # noqa: E731
+    table = {
+        "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "softsign": "softsign", "softplus": "softplus",
+    }
+    if name in table:
+        return table[name]
+    if name == "hardsigmoid" and same(alpha, 0.2) and same(beta, 0.5):
+        return "hard_sigmoid"  # the tf_keras formula clip(0.2 x + 0.5, 0, 1)
+    if name == "affine" and same(alpha, 1.0) and same(beta, 0.0):
+        return "linear"
+    if name == "elu" and same(alpha, 1.0):
+        return "elu"
+    if name == "leakyrelu" and same(alpha, activations._LEAKY_ALPHA):  # noqa: SLF001
+        return "leaky_relu"
+    if name == "scaledtanh" and same(alpha, 1.0) and same(beta, 1.0):
+        return "tanh"
+    if name == "thresholdedrelu" and same(alpha, 0.0):
+        return "relu"
+    return None
+
+
+def _onnx_activation(name: str, role: str) -> tuple:
+    """Keras activation -> ONNX (op, alpha, beta); ValueError naming it when ONNX has no equal."""
+    spec = activations.get(name).onnx
+    if spec is None:
+        representable = sorted(n for n in activations.names() if activations.get(n).onnx is not None)
+        raise ValueError(f"`{role}`={name!r} has no ONNX GRU equivalent; representable activations are "
+                         f"{representable}")
+    return spec
+
+
+# ------------------------------------------------------------------------------------------------ import
+def _load(model_or_path):
+    import onnx  # noqa: PLC0415
+
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    if isinstance(model_or_path, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model_or_path))
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model file not found: {path}")
+        return onnx.load(str(path))
+    raise TypeError(f"`model_or_path` must be an onnx.ModelProto, bytes or a path; "
+                    f"received {type(model_or_path).__name__}")
+
+
+def _pick_node(graph, node):
+    grus = [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
+    names = [n.name or f"#{i}" for i, n in enumerate(grus)]
+    if node is None:
+        if len(grus) != 1:
+            raise ValueError(f"the model has {len(grus)} GRU nodes {names}; pass `node=` (a name or an index)")
+        return grus[0]
+    if isinstance(node, int) and not isinstance(node, bool):
+        if not 0 <= node < len(grus):
+            raise ValueError(f"`node`={node} is out of range: the model has {len(grus)} GRU nodes {names}")
+        return grus[node]
+    if isinstance(node, str):
+        for n in grus:
+            if n.name == node:
+                return n
+        raise ValueError(f"no GRU node named {node!r}; GRU nodes: {names}")
+    if hasattr(node, "op_type"):
+        if node.op_type != "GRU":
+            raise ValueError(f"`node` is a {node.op_type} node, not GRU")
+        return node
+    raise TypeError(f"`node` must be None, an int, a str or a NodeProto; received {type(node).__name__}")
+
+
+def _constants(graph) -> dict:
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _attrs(node) -> dict:
+    from onnx import helper  # noqa: PLC0415
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _decode(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _activation_pair(attrs) -> tuple:
+    """(recurrent_activation, activation) in Keras names from the node's activations/alpha/beta."""
+    names = [_decode(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh"])]
+    if len(names) != 2:
+        raise ValueError(f"attribute 'activations'={names}: a forward or reverse GRU needs exactly 2 "
+                         f"(f for z and r, g for the candidate)")
+    alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
+    out = []
+    for name in names:
+        key = name.lower()
+        if key not in _ONNX_PARAMS:
+            raise ValueError(f"attribute 'activations': {name!r} is not an ONNX RNN activation "
+                             f"({sorted(_ONNX_PARAMS)})")
+        takes_a, takes_b, default_a, default_b = _ONNX_PARAMS[key]
+        alpha = (alphas.pop(0) if alphas else default_a) if takes_a else None
+        beta = (betas.pop(0) if betas else default_b) if takes_b else None
+        keras = _keras_activation(key, alpha, beta)
+        if keras is None:
+            raise ValueError(f"attributes 'activations'/'activation_alpha'/'activation_beta': {name}"
+                             f"(alpha={alpha}, beta={beta}) cannot be represented by a Keras activation "
+                             f"(supported with parameters: HardSigmoid(0.2, 0.5), Affine(1, 0), Elu(1), "
+                             f"LeakyRelu(0.2), ScaledTanh(1, 1), ThresholdedRelu(0))")
+        out.append(keras)
+    return out[0], out[1]
+
+
+def from_onnx(model_or_path, node=None, target=None):
+    """Build a :class:`tvm_gru.GRU` from an ONNX ``GRU`` node.
+
+    Parameters
+    ----------
+    model_or_path : onnx.ModelProto, bytes, str or os.PathLike
+    node : None, int, str or onnx.NodeProto
+        Which GRU node: None = the only one; an index among the GRU nodes; a node name.
+    target : optional
+        Where the layer's kernels run (see :class:`tvm_gru.GRUCell`).
+
+    Returns
+    -------
+    GRU
+        ``return_sequences=True, return_state=True, zero_output_for_mask=True``; ``time_major`` for
+        ``layout=0``; ``go_backwards`` for ``direction="reverse"``. Constant ``initial_h`` and
+        ``sequence_lens`` inputs are kept in ``layer.onnx_inputs`` and used by :func:`run_onnx`.
+
+    Raises
+    ------
+    ValueError
+        Naming the attribute or input that tvm_gru cannot represent (``clip``, bidirectional ``direction``,
+        activations with other parameters, non-constant weights).
+    """
+    from .layer import GRU  # noqa: PLC0415
+
+    model = _load(model_or_path)
+    gru = _pick_node(model.graph, node)
+    attrs = _attrs(gru)
+    where = f"GRU node {gru.name or '(unnamed)'}"
+    if "clip" in attrs:
+        raise ValueError(f"{where}: attribute 'clip'={attrs['clip']} is not supported (Keras GRU has no cell clip)")
+    direction = _decode(attrs.get("direction", "forward"))
+    if direction == "bidirectional":
+        raise ValueError(f"{where}: attribute 'direction'='bidirectional' is not supported: tvm_gru.GRU runs one "
+                         f"direction; split the node into a forward and a reverse GRU")
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"{where}: attribute 'direction'={direction!r}; expected 'forward' or 'reverse'")
+    layout = int(attrs.get("layout", 0))
+    if layout not in (0, 1):
+        raise ValueError(f"{where}: attribute 'layout'={layout}; expected 0 or 1")
+    recurrent_activation, activation = _activation_pair(attrs)
+
+    consts = _constants(model.graph)
+    inputs = list(gru.input) + [""] * (6 - len(gru.input))
+
+    def const(i, label, required=False):
+        name = inputs[i]
+        if not name:
+            if required:
+                raise ValueError(f"{where}: input {label!r} is missing")
+            return None
+        if name not in consts:
+            if required:
+                raise ValueError(f"{where}: input {label!r} ({name}) must be a constant initializer to build weights")
+            return None
+        return consts[name]
+
+    W, R, B = const(1, "W", True), const(2, "R", True), const(3, "B")
+    if W.ndim != 3 or W.shape[0] != 1:
+        raise ValueError(f"{where}: input 'W' has shape {W.shape}; expected (1, 3*hidden_size, input_size)")
+    units = W.shape[1] // 3
+    hidden = int(attrs.get("hidden_size", units))
+    if W.shape[1] != 3 * hidden or R.shape != (1, 3 * hidden, hidden):
+        raise ValueError(f"{where}: W {W.shape} / R {R.shape} do not match hidden_size={hidden}")
+    dtype = np.dtype(W.dtype).name
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"{where}: weights of dtype {dtype} are not supported (float32 or float64)")
+    reset_after = bool(int(attrs.get("linear_before_reset", 0)))
+    weights = [W[0].T, R[0].T]
+    if B is not None:
+        if B.shape != (1, 6 * hidden):
+            raise ValueError(f"{where}: input 'B' has shape {B.shape}; expected (1, {6 * hidden})")
+        wb, rb = B[0, :3 * hidden], B[0, 3 * hidden:]
+        # reset_after: the recurrent candidate bias is multiplied by r, Keras keeps it in row 1. Otherwise every
+        # recurrent bias term adds straight to the input one.
+        weights.append(np.stack([wb, rb]) if reset_after else wb + rb)
+    layer = GRU(hidden, activation=activation, recurrent_activation=recurrent_activation, use_bias=B is not None,
+                reset_after=reset_after, return_sequences=True, return_state=True,
+                go_backwards=direction == "reverse", time_major=layout == 0, zero_output_for_mask=True,
+                dtype=dtype, target=target, name=gru.name or None)
+    layer.set_weights([np.asarray(w, dtype) for w in weights])
+    layer.onnx_inputs = {"sequence_lens": const(4, "sequence_lens"), "initial_h": const(5, "initial_h")}
+    return layer
+
+
+def lengths_to_mask(lengths, steps: int, time_major: bool = True) -> np.ndarray:
+    """ONNX ``sequence_lens`` (B,) -> a Keras mask, (T, B) if ``time_major`` else (B, T)."""
+    lengths = np.asarray(lengths).reshape(-1)
+    mask = np.arange(steps)[:, None] < lengths[None, :]
+    return mask if time_major else np.ascontiguousarray(mask.T)
+
+
+def run_onnx(layer, X, sequence_lens=None, initial_h=None):
+    """Run ``layer`` (from :func:`from_onnx`) on ONNX-shaped inputs; returns ``(Y, Y_h)`` as onnxruntime does.
+
+    ``X`` is (T, B, I) for layout 0 (a time-major layer), (B, T, I) for layout 1. ``sequence_lens`` (B,)
+    and ``initial_h`` (1, B, H) default to the node's constant inputs, if it had any. Steps past a sequence's
+    length output zeros; a sequence of length 0 gets a zero ``Y_h`` (onnxruntime's choice; the layer itself
+    keeps the initial state, as Keras does).
+    """
+    known = getattr(layer, "onnx_inputs", {})
+    lens = sequence_lens if sequence_lens is not None else known.get("sequence_lens")
+    h = initial_h if initial_h is not None else known.get("initial_h")
+    X = np.asarray(X)
+    steps = X.shape[0] if layer.time_major else X.shape[1]
+    mask = None if lens is None else lengths_to_mask(lens, steps, layer.time_major)
+    h0 = None if h is None else np.asarray(h)[0]
+    out, state = layer(X, mask=mask, initial_state=h0)
+    axis = 0 if layer.time_major else 1
+    if layer.go_backwards:  # Keras returns processing order, ONNX input order
+        out = np.flip(out, axis=axis)
+    if lens is not None:  # onnxruntime gives an empty sequence a zero Y_h; Keras keeps its initial state
+        state = np.where((np.asarray(lens).reshape(-1) == 0)[:, None], np.zeros((), state.dtype), state)
+    Y = np.expand_dims(out, 1 if layer.time_major else 2)
+    Y_h = state[None] if layer.time_major else state[:, None]
+    return np.ascontiguousarray(Y), np.ascontiguousarray(Y_h)
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _gru_model(config, weights, *, opset, reverse, batch, input_dim, step_input=False, graph_name="tvm_gru"):
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    if not isinstance(opset, int) or isinstance(opset, bool) or opset < 7:
+        raise ValueError(f"`opset` must be an int >= 7 (GRU-7); received {opset!r}")
+    units, dt = config.units, config.dtype
+    f_op = _onnx_activation(config.recurrent_activation, "recurrent_activation")
+    g_op = _onnx_activation(config.activation, "activation")
+    kernel, recurrent_kernel = weights[0], weights[1]
+    bias = weights[2] if config.use_bias else None
+    inits = [numpy_helper.from_array(np.ascontiguousarray(kernel.T[None], dt), "W"),
+             numpy_helper.from_array(np.ascontiguousarray(recurrent_kernel.T[None], dt), "R")]
+    if bias is not None:
+        b = np.reshape(bias, (1, 6 * units)) if config.reset_after else np.r_[bias, np.zeros(3 * units, dt)][None]
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(b, dt), "B"))
+    attrs = dict(hidden_size=units, activations=[f_op[0], g_op[0]],
+                 linear_before_reset=int(config.reset_after))
+    alphas = [a for a in (f_op[1], g_op[1]) if a is not None]
+    betas = [b for b in (f_op[2], g_op[2]) if b is not None]
+    if alphas:
+        attrs["activation_alpha"] = [float(a) for a in alphas]
+    if betas:
+        attrs["activation_beta"] = [float(b) for b in betas]
+    if reverse:
+        attrs["direction"] = "reverse"
+    elem = TensorProto.FLOAT if dt == "float32" else TensorProto.DOUBLE
+    batch_dim = batch if batch is not None else "batch"
+    steps = 1 if step_input else "sequence"
+    graph_inputs = [helper.make_tensor_value_info("X", elem, [steps, batch_dim, input_dim])]
+    node_inputs = ["X", "W", "R", "B" if bias is not None else ""]
+    if step_input:
+        graph_inputs.append(helper.make_tensor_value_info("initial_h", elem, [1, batch_dim, units]))
+        node_inputs += ["", "initial_h"]
+    outputs = [helper.make_tensor_value_info("Y_h", elem, [1, batch_dim, units])]
+    node_outputs = ["", "Y_h"]
+    if not step_input:
+        outputs.insert(0, helper.make_tensor_value_info("Y", elem, [steps, 1, batch_dim, units]))
+        node_outputs[0] = "Y"
+    node = helper.make_node("GRU", node_inputs, node_outputs, name="gru", **attrs)
+    graph = helper.make_graph([node], graph_name, graph_inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tvm_gru")
+    model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime releases of the last years
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _save(model, path):
+    import onnx  # noqa: PLC0415
+
+    if path is not None:
+        onnx.save(model, str(path))
+    return model
+
+
+def layer_to_onnx(layer, path=None, opset: int = 14, batch=None):
+    """Write ``layer`` as one ONNX GRU node; returns the ``onnx.ModelProto`` (saved to ``path`` if given).
+
+    The model takes ``X`` (sequence, batch, input_dim) (ONNX layout 0, whatever the layer's ``time_major``)
+    and returns ``Y`` (sequence, 1, batch, units) and ``Y_h`` (1, batch, units). A ``go_backwards`` layer
+    becomes ``direction="reverse"``, whose ``Y`` is in input time order (the layer's is reversed).
+    """
+    if not layer.built:
+        raise ValueError("`to_onnx` needs a built layer: call build(input_shape), set_weights or the layer first")
+    model = _gru_model(layer.cell.config, layer.get_weights(), opset=opset, reverse=layer.go_backwards,
+                       batch=batch, input_dim=layer.input_dim, graph_name=layer.name)
+    return _save(model, path)
+
+
+def cell_to_onnx(cell, path=None, opset: int = 14, batch=None):
+    """Write one step of ``cell`` as an ONNX GRU node with ``seq_length`` 1.
+
+    Inputs ``X`` (1, batch, input_dim) and ``initial_h`` (1, batch, units); output ``Y_h`` (1, batch, units)
+    = the new state. Returns the ``onnx.ModelProto`` (saved to ``path`` if given).
+    """
+    if not cell.built:
+        raise ValueError("`to_onnx` needs a built cell: call build(input_shape), set_weights or the cell first")
+    model = _gru_model(cell.config, cell.get_weights(), opset=opset, reverse=False, batch=batch,
+                       input_dim=cell.input_dim, step_input=True, graph_name=cell.name)
+    return _save(model, path)

@@ -1,0 +1,312 @@
+"""The whole-sequence GRU kernel: what it computes, its signature, its weights, and its compile cache.
+
+One compiled function runs a whole sequence (any length: the time extent ``T`` is a symbolic variable):
+
+1. the input projection of every step as one GEMM over ``T*B`` rows, into a workspace
+   ``xp[t, b, n, g, :] = x[t, b] K_g[:, block n] + b_g`` (for ``reset_after`` the recurrent biases of
+   z and r are folded in here too: they are plain sums);
+2. the recurrence, a loop over t in TIR (``te.scan`` cannot be lowered in TVM 0.27), where each step
+   streams only the recurrent weights, which stay in the cores' caches for the whole sequence.
+
+This module holds the "what": :class:`SequenceSpec` (everything a kernel is specialised on), the packed
+weight layout, the parameter list, and the gate math as TIR expressions. How the loops are tiled,
+vectorised and split over cores is the schedule's business (:mod:`tvm_gru.schedules.sequence`).
+
+Masking follows Keras ``backend.rnn``: a masked step keeps the previous state; its output is the previous
+*output* (zeros before the first unmasked step), or zeros with ``zero_output_for_mask``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import activations
+from .config import GRUConfig
+from .packing import pack_bias, pack_matrix
+from .runtime.buffers import aligned_empty
+
+__all__ = ["SequenceSpec", "pack_sequence_weights", "GateMath", "compile_sequence", "compile_short_sequence"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """Everything a compiled sequence kernel is specialised on (the sequence length is not: it is symbolic).
+
+    Attributes
+    ----------
+    config : GRUConfig
+    batch, input_dim : int
+        Static B and I.
+    lanes : int
+        V, the packed block width (SIMD width of the target in elements).
+    time_major : bool
+        ``x`` is (T, B, I) and ``sequence`` (T, B, H); otherwise (B, T, I) and (B, T, H) (Keras default).
+    masked : bool
+        The kernel takes a uint8 ``mask`` (B, T) (or (T, B) when time_major); nonzero = step is valid.
+    zero_output_for_mask : bool
+        Masked steps output zeros instead of the previous output (Keras RNN ``zero_output_for_mask``).
+    return_sequences : bool
+        The kernel writes every step's output to ``sequence``; otherwise only ``last``.
+    input_masks, recurrent_masks : int
+        Training dropout masks: 0, 1 (implementation 2) or 3 input masks (M, B, I); 0 or 3 recurrent masks
+        (3, B, Hp) (padded to the packed width).
+
+    Notes
+    -----
+    The kernel's arguments, in order: ``x``, ``h0`` (B, H), [``mask``], the packed weights of
+    :meth:`weight_shapes` in their order, [``input_mask``], [``recurrent_mask``], [``sequence``] (outputs of
+    every step, in processing order), ``last`` (B, H) (the last output), ``state`` (B, H) (the final state),
+    and ``reverse`` (int: nonzero processes the sequence backwards, as ``go_backwards``). User arrays need
+    only be element-aligned; ``T`` is read from ``x``.
+    """
+
+    config: GRUConfig
+    batch: int
+    input_dim: int
+    lanes: int = 8
+    time_major: bool = False
+    masked: bool = False
+    zero_output_for_mask: bool = False
+    return_sequences: bool = True
+    input_masks: int = 0
+    recurrent_masks: int = 0
+
+    @property
+    def blocks(self) -> int:
+        """NB = ceil(H / V)."""
+        return -(-self.config.units // self.lanes)
+
+    @property
+    def padded_units(self) -> int:
+        return self.blocks * self.lanes
+
+    def key(self) -> str:
+        c = self.config
+        return (f"seq-H{c.units}-I{self.input_dim}-B{self.batch}-{c.dtype}-{c.activation}-{c.recurrent_activation}"
+                f"-bias{int(c.use_bias)}-ra{int(c.reset_after)}-V{self.lanes}-tm{int(self.time_major)}"
+                f"-m{int(self.masked)}{int(self.zero_output_for_mask)}-rs{int(self.return_sequences)}"
+                f"-mx{self.input_masks}-mh{self.recurrent_masks}")
+
+    def weight_shapes(self) -> dict:
+        """Packed weight parameter shapes by name (see :func:`pack_sequence_weights`)."""
+        c, nb, v, i, h = self.config, self.blocks, self.lanes, self.input_dim, self.config.units
+        out = {"kernel_packed": (nb, i, 3, v)}
+        if c.reset_after:
+            out["recurrent_packed"] = (nb, h, 3, v)
+        else:
+            out["recurrent_packed"] = (nb, h, 2, v)
+            out["candidate_packed"] = (h, nb, v)
+        if c.use_bias:
+            out["bias_packed"] = (2, 3, nb * v)
+        return out
+
+
+def pack_sequence_weights(config: GRUConfig, kernel, recurrent_kernel, bias, lanes: int) -> dict:
+    """Keras weights -> the packed arrays of a sequence kernel, by parameter name (64-byte aligned).
+
+    ``kernel_packed[n, k, g, v] = kernel[k, g*H + n*V + v]`` (NB, I, 3, V): one block of V units of all
+    three gates is one contiguous run per k, for the GEMM and the z/r(/h) recurrent products alike.
+    With reset_after=False the candidate's recurrent columns are a separate array ``R_h`` (H, NB, V), row-major
+    as Keras holds it (zero-padded to Hp columns): its product is split over the *input* units, so each part
+    reads whole contiguous rows. The bias is (2, 3, Hp): input row, recurrent row.
+    """
+    h, dt = config.units, config.dtype
+    out = {"kernel_packed": pack_matrix(kernel, h, lanes, dt, (0, 1, 2), fused=True)}
+    if config.reset_after:
+        out["recurrent_packed"] = pack_matrix(recurrent_kernel, h, lanes, dt, (0, 1, 2), fused=True)
+    else:
+        out["recurrent_packed"] = pack_matrix(recurrent_kernel, h, lanes, dt, (0, 1), fused=True)
+        nb = -(-h // lanes)
+        cand = aligned_empty((h, nb, lanes), dt)
+        cand[...] = 0
+        cand.reshape(h, nb * lanes)[:, :h] = np.asarray(recurrent_kernel)[:, 2 * h:]
+        out["candidate_packed"] = cand
+    if config.use_bias:
+        out["bias_packed"] = pack_bias(bias, h, lanes, dt)
+    return out
+
+
+class GateMath:
+    """The element-wise GRU math of one step as TIR expressions (shared by every schedule).
+
+    All arguments are scalar PrimExprs of the kernel dtype; schedules vectorise the loops around them.
+    """
+
+    def __init__(self, config: GRUConfig):
+        from tvm import tirx  # noqa: PLC0415
+
+        self._tirx = tirx
+        self.f = activations.get(config.recurrent_activation).te
+        self.g = activations.get(config.activation).te
+        self.one = tirx.const(1.0, config.dtype)
+        self.zero = tirx.const(0.0, config.dtype)
+
+    def gate(self, x_pre, h_pre):
+        """z or r: ``f(x K + b + h R (+ rb))``."""
+        return self.f(x_pre + h_pre)
+
+    def candidate_after(self, x_pre, r, h_rec):
+        """reset_after=True: ``g(x K_h + b_h + r * (h R_h + rb_h))``."""
+        return self.g(x_pre + r * h_rec)
+
+    def candidate_before(self, x_pre, rh_rec):
+        """reset_after=False: ``g(x K_h + b_h + (r*h) R_h)``."""
+        return self.g(x_pre + rh_rec)
+
+    def blend(self, z, h, hh):
+        """``z * h + (1 - z) * hh`` (z keeps the old state), with z bound once."""
+        return activations.let(z, lambda zv: zv * h + (self.one - zv) * hh)
+
+    def keep_if_masked(self, valid, new, old):
+        """``new`` where the step is valid (uint8 mask != 0), else ``old``."""
+        return self._tirx.Select(valid != self._tirx.const(0, "uint8"), new, old)
+
+
+# ---------------------------------------------------------------------------------------------------
+# compile cache (same layout and guarantees as tvm_gru.build: hashed key, atomic writes, damaged entries
+# rebuilt, in-memory layer on top).
+_MEMORY: dict = {}
+_LOCK = threading.Lock()
+_SOURCES = ("sequence.py", "activations.py", "packing.py", "config.py")
+
+
+def _source_hash() -> str:
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((here / name).read_bytes())
+    from . import schedules  # noqa: PLC0415
+
+    h.update((Path(schedules.__file__).parent / "sequence.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _key(spec: SequenceSpec, target, schedule) -> str:
+    import tvm  # noqa: PLC0415
+
+    from . import __version__  # noqa: PLC0415
+
+    blob = json.dumps({"spec": spec.key(), "target": str(target.export()), "tvm": tvm.__version__,
+                       "pkg": __version__, "src": _source_hash(), "schedule": repr(schedule)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def scheduled_sequence(spec: SequenceSpec, target, schedule=None):
+    """The sequence kernel as an IRModule, built by the sequence rule for ``target``."""
+    return _rule(target).apply(spec, target, schedule)
+
+
+def _rule(target):
+    from .schedules.sequence import RULES  # noqa: PLC0415
+
+    rule = next((r for r in RULES if r.is_target(target)), None)
+    if rule is None:
+        raise ValueError(f"no sequence schedule rule for target {target}")
+    return rule
+
+
+def compile_short_sequence(spec: SequenceSpec, target=None):
+    """``(max_steps, kernel)`` for calls of at most ``max_steps`` steps (streaming), or None if the kernel
+    of :func:`compile_sequence` is already the best choice for them."""
+    from . import targets  # noqa: PLC0415
+
+    target = targets.resolve(target)
+    plan = _rule(target).short_schedule(spec, target)
+    if plan is None:
+        return None
+    return plan[0], compile_sequence(spec, target, plan[1])
+
+
+def compile_sequence(spec: SequenceSpec, target=None, schedule=None):
+    """Return the compiled sequence kernel (cached in memory and under ``build.cache_dir()``).
+
+    Parameters
+    ----------
+    spec : SequenceSpec
+    target : None, str, dict or tvm.target.Target
+    schedule : optional
+        Knobs for the rule (:class:`tvm_gru.schedules.sequence.SequenceSchedule`); None = the rule's choice.
+    """
+    from . import targets  # noqa: PLC0415
+
+    target = targets.resolve(target)
+    if schedule is None:
+        schedule = _rule(target).default_schedule(spec, target)
+    key = _key(spec, target, schedule)
+    with _LOCK:
+        fn = _MEMORY.get(key)
+        if fn is None:
+            fn = _MEMORY[key] = _load_or_build(spec, target, schedule, key)
+        return fn
+
+
+@contextmanager
+def vectorizable_isnan():
+    """Let TVM's loop vectorizer vectorize ``tirx.isnan`` (used by the NaN-safe activations) while compiling.
+
+    TVM 0.27 does not mark ``tirx.isnan`` as vectorizable, so ``VectorizeLoop`` silently scalarises every
+    loop whose body calls it (measured: the whole gate epilogue ran as scalar code). The LLVM lowering of
+    isnan on vectors is fine (``fcmp uno``), so the op only needs the ``TVectorizable`` attribute. It is set
+    for the duration of a CPU compile and restored after, so other targets' codegen is untouched.
+    """
+    import tvm  # noqa: PLC0415
+
+    op = tvm.ir.Op.get("tirx.isnan")
+    if op.get_attr("TVectorizable"):
+        yield
+        return
+    op.set_attr("TVectorizable", True)
+    try:
+        yield
+    finally:
+        op.reset_attr("TVectorizable")
+
+
+def _load_or_build(spec, target, schedule, key):
+    import tvm  # noqa: PLC0415
+
+    from .build import cache_dir  # noqa: PLC0415
+
+    path = cache_dir() / f"{key}-seq.so"
+    if path.exists():
+        try:
+            return tvm.runtime.load_module(str(path))["main"]
+        except Exception as err:  # a truncated or foreign file: rebuild it  # noqa: BLE001
+            log.warning("tvm_gru: discarding unreadable cache entry %s (%s)", path, err)
+    # StorageRewrite would merge the register-tile accumulators into the big workspaces, turning them into
+    # memory that LLVM cannot promote to registers (measured: the GEMM tile then stores all 12 accumulators
+    # every k). Every allocation here is already sized and placed by the schedule.
+    with vectorizable_isnan(), tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+        executable = tvm.compile(scheduled_sequence(spec, target, schedule), target=target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so")
+        os.close(fd)
+        executable.export_library(tmp)
+        os.replace(tmp, path)
+        return tvm.runtime.load_module(str(path))["main"]
+    except OSError as err:  # read-only home, no compiler: keep the JIT module in memory only
+        log.warning("tvm_gru: compile cache disabled (%s)", err)
+        return executable.jit()["main"]
+
+
+def padded_recurrent_mask(mask: np.ndarray, lanes: int) -> np.ndarray:
+    """(3, B, H) recurrent dropout masks -> (3, B, Hp) zero-padded (the kernel reads whole blocks)."""
+    g, b, h = mask.shape
+    hp = -(-h // lanes) * lanes
+    out = np.zeros((g, b, hp), mask.dtype)
+    out[:, :, :h] = mask
+    return out
