@@ -24,6 +24,7 @@ from .export import export_cell  # noqa: E402
 from .layer import GRU  # noqa: E402
 from .onnx_io import from_onnx  # noqa: E402
 from .runtime.artifact import ArtifactError, DeployedCell, load  # noqa: E402
+from .tune import tune  # noqa: E402  (MetaSchedule itself is imported only when tuning starts)
 
-__all__ = ["GRUCell", "GRU", "from_onnx", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "ArtifactError",
+__all__ = ["GRUCell", "GRU", "from_onnx", "tune", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "ArtifactError",
            "export_cell", "primfunc", "irmodule", "packed_weights"]

@@ -1,9 +1,27 @@
-"""Where tuning records live and when one is applied.
+"""Where tuning records live, how damaged files are handled, and when a record is applied.
 
 Records are TVM MetaSchedule JSON databases under ``tuning_logs/<target-id>/`` (installed with the
-package; ``$TVM_GRU_TUNING_LOGS`` overrides the root). A record is applied at compile time only when its
-workload (structural hash of the exact PrimFunc: shapes, dtype, math) and target match, and when its
-measured time beats the hand schedule's time measured in the same tuning run.
+package; ``$TVM_GRU_TUNING_LOGS`` overrides the root):
+
+``database_workload.json``
+    one line per workload: ``["<structural hash>", "<serialised IRModule>"]``.
+``database_tuning_record.json``
+    one line per measured candidate: ``[<workload line index>, [trace, run_secs, target, args_info]]``.
+``hand_baseline.json``
+    one JSON object per tuning run (tvm_gru's own file): ``workload`` (the structural hash), ``target``
+    (:func:`target_key`), ``seconds`` (the hand schedule), ``tuned_seconds`` and ``record`` (the best record,
+    re-measured interleaved with the hand schedule by the same runner, and its :func:`digest`), ``hand_source``
+    (:func:`hand_fingerprint`), ``args`` (the ``tune`` arguments), and for people: ``spec``, ``hand_config``,
+    ``best_config``, ``records``, ``runner``, ``load``, ``time``. The last line for a workload and target wins.
+
+A record is applied at compile time (:func:`lookup`, from :func:`tvm_gru.build.scheduled_module`) only when its
+workload (structural hash, then structural equality, of the exact PrimFunc: shapes, dtype, math) and its target
+match, when the hand schedules for the target have not changed since the baseline was measured, and when the
+record's time beats the hand schedule's by :data:`MARGIN`.
+
+TVM's own JSON reader aborts on a single damaged line (e.g. the half-written last line of a killed run); here
+damaged lines are skipped with a warning when reading, and dropped (the original kept as ``*.damaged``) before a
+tuning run appends to the files.
 """
 
 from __future__ import annotations
@@ -12,11 +30,18 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["root", "target_id", "db_dir", "lookup", "fingerprint"]
+__all__ = ["root", "target_id", "db_dir", "lookup", "fingerprint", "target_key", "hand_fingerprint", "workload_key",
+           "read_workloads", "read_records", "repair", "append_baseline", "records_for", "best_tuned_module",
+           "apply_record", "MARGIN", "FILES"]
+
+WORKLOADS, RECORDS, BASELINE = "database_workload.json", "database_tuning_record.json", "hand_baseline.json"
+FILES = (WORKLOADS, RECORDS, BASELINE)
+FAILED = 1e9  # MetaSchedule stores failed candidates with a huge time; anything at or above this is a failure
 
 
 def root() -> Path:
@@ -47,7 +72,7 @@ def fingerprint(target) -> str:
     """Changes whenever the records for ``target`` change (part of the compile-cache key)."""
     d = db_dir(target)
     h = hashlib.sha256()
-    for name in ("database_workload.json", "database_tuning_record.json", "hand_baseline.json"):
+    for name in FILES:
         p = d / name
         if p.exists():
             st = p.stat()
@@ -55,25 +80,294 @@ def fingerprint(target) -> str:
     return h.hexdigest()[:12]
 
 
-def _baselines(d: Path) -> dict:
-    p = d / "hand_baseline.json"
-    if not p.exists():
-        return {}
-    out = {}
-    for line in p.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            out[rec["workload"]] = float(rec["seconds"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("tvm_gru: skipping a damaged line in %s", p)
+_TARGET_ATTRS = ("mtriple", "mcpu", "mattr", "arch", "num-cores")
+
+
+def target_key(target) -> str:
+    """What must be equal for a record to apply: kind, triple, CPU, features, arch and core count.
+
+    The core count is part of it because a record (and the hand time it is compared with) was measured with
+    that many threads.
+    """
+    attrs = target.attrs
+    key = {"kind": target.kind.name}
+    for name in _TARGET_ATTRS:
+        if name in attrs:
+            value = attrs[name]
+            key[name] = sorted(str(v) for v in value) if name == "mattr" else str(value)
+    return json.dumps(key, sort_keys=True)
+
+
+def hand_fingerprint(target) -> str:
+    """A hash of the source of the hand rules for ``target``: a baseline measured with other ones is stale.
+
+    Only the modules defining those rules' classes (and their bases) under ``schedules/`` count, so a change to
+    another target's schedules, or a new schedule file, does not invalidate the baselines.
+    """
+    import inspect  # noqa: PLC0415
+
+    from .build import _rules  # noqa: PLC0415  (the one place that says which hand rules serve a target)
+
+    files = {Path(inspect.getfile(cls)) for rule in _rules(target) for cls in type(rule).__mro__
+             if cls.__module__.startswith("tvm_gru.schedules")}
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def workload_key(mod) -> str:
+    """The structural hash MetaSchedule's JSON database files a workload under."""
+    import tvm_ffi  # noqa: PLC0415
+
+    return str(tvm_ffi.structural_hash(mod))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading: every line is checked on its own; a damaged one is skipped with a warning.
+
+
+def _lines(path: Path, wanted=None):
+    """(line number, parsed JSON or None) for each non-empty line of ``path``.
+
+    ``wanted(raw_line) -> bool`` skips the lines it refuses without parsing them (the files are megabytes).
+    """
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip() or (wanted is not None and not wanted(raw)):
+                continue
+            try:
+                yield number, json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                yield number, None
+
+
+def _valid_workload(obj) -> bool:
+    return isinstance(obj, list) and len(obj) == 2 and all(isinstance(x, str) for x in obj)
+
+
+def _valid_record(obj, n_workloads: int) -> bool:
+    return (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], int) and 0 <= obj[0] < n_workloads
+            and isinstance(obj[1], list) and len(obj[1]) >= 3 and isinstance(obj[1][1], list)
+            and all(isinstance(t, (int, float)) for t in obj[1][1]))
+
+
+def _warn_damaged(path: Path, numbers) -> None:
+    if numbers:
+        log.warning("tvm_gru: skipping %d damaged line(s) in %s (line %s)", len(numbers), path,
+                    ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else ""))
+
+
+def read_workloads(d: Path) -> list:
+    """The workload table as the database indexes it: ``[(hash, serialised module) or None, ...]``.
+
+    A damaged line keeps its slot (None): record lines refer to workloads by position.
+    """
+    out, bad = [], []
+    for number, obj in _lines(d / WORKLOADS):
+        if _valid_workload(obj):
+            out.append(tuple(obj))
+        else:
+            out.append(None)
+            bad.append(number)
+    _warn_damaged(d / WORKLOADS, bad)
     return out
+
+
+def read_records(d: Path, n_workloads: int, indices=None) -> list:
+    """The valid record lines ``[index, [trace, run_secs, target, args_info]]``, damaged ones skipped.
+
+    With ``indices``, only the records of those workload lines are read.
+    """
+    wanted = None
+    if indices is not None:
+        prefixes = tuple(f"[{i},".encode() for i in indices)
+        wanted = lambda raw: raw[:24].replace(b" ", b"").startswith(prefixes)  # noqa: E731
+    out, bad = [], []
+    for number, obj in _lines(d / RECORDS, wanted):
+        if _valid_record(obj, n_workloads):
+            out.append(obj)
+        else:
+            bad.append(number)
+    _warn_damaged(d / RECORDS, bad)
+    return out
+
+
+def _baselines(d: Path) -> dict:
+    """``{workload hash: [baseline lines, oldest first]}`` from ``hand_baseline.json``."""
+    out: dict = {}
+    bad = []
+    for number, rec in _lines(d / BASELINE):
+        try:
+            float(rec["seconds"])
+            out.setdefault(str(rec["workload"]), []).append(rec)
+        except (KeyError, TypeError, ValueError):
+            bad.append(number)
+    _warn_damaged(d / BASELINE, bad)
+    return out
+
+
+def append_baseline(d: Path, entry: dict) -> None:
+    """Append one baseline line (a single ``write`` of a whole line: a kill leaves no half line behind)."""
+    d.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    fd = os.open(d / BASELINE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a line onto a damaged last one
+            line = b"\n" + line
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Repair before appending: TVM's reader would abort on a damaged line, and TVM's writer would glue the next
+# record onto a half-written last line.
+
+
+def repair(d: Path) -> int:
+    """Rewrite the database files of ``d`` without damaged lines; return how many lines were dropped.
+
+    Record lines are renumbered when a damaged workload line is dropped (records of a lost workload go too).
+    The originals are kept as ``<name>.damaged``. Undamaged files are left untouched.
+    """
+    workloads = read_workloads(d)
+    renumber = {old: new for new, old in enumerate(i for i, w in enumerate(workloads) if w is not None)}
+    records = [[renumber[r[0]], r[1]] for r in read_records(d, len(workloads)) if r[0] in renumber]
+    shifted = len(renumber) != len(workloads)
+    dropped = 0
+    for name, rows in ((WORKLOADS, [list(w) for w in workloads if w is not None]), (RECORDS, records)):
+        path = d / name
+        if not path.exists():
+            continue
+        raw = path.read_bytes()
+        n_lines = sum(1 for line in raw.splitlines() if line.strip())
+        intact = n_lines == len(rows) and (not raw or raw.endswith(b"\n"))
+        if intact and not (shifted and name == RECORDS):
+            continue
+        dropped += n_lines - len(rows)
+        os.replace(path, path.with_name(name + ".damaged"))
+        tmp = path.with_name(f"{name}.tmp{os.getpid()}")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(tmp, path)
+        log.warning("tvm_gru: repaired %s: %d line(s) dropped, the original is kept as %s.damaged",
+                    path, n_lines - len(rows), name)
+    return dropped
+
+
+# ------------------------------------------------------------------------------------------------
+# Selection: the records of one workload and target, and whether the best one is applied
+
+
+def module(func):
+    """The IRModule a workload is tuned and filed as: ``{"main": func}``."""
+    import tvm  # noqa: PLC0415
+
+    return tvm.IRModule({"main": func})
+
+
+def record_seconds(record) -> float:
+    """The time of a record ``[trace, run_secs, target, args_info]``: the best of its repeats."""
+    return min((float(s) for s in record[1]), default=float("inf"))
+
+
+def digest(record) -> str:
+    """Identifies a record's schedule (its trace) in ``hand_baseline.json``."""
+    return hashlib.sha1(json.dumps(record[0], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _target_matcher(target):
+    from tvm.target import Target  # noqa: PLC0415
+
+    want, seen = target_key(target), {}
+
+    def matches(record) -> bool:
+        blob = json.dumps(record[2], sort_keys=True)
+        if blob not in seen:
+            try:
+                seen[blob] = target_key(Target(record[2])) == want
+            except (ValueError, TypeError, RuntimeError):  # a target this TVM cannot parse is not ours
+                seen[blob] = False
+        return seen[blob]
+
+    return matches
+
+
+def records_for(d: Path, mod, target, failed: bool = False):
+    """``(workload line, [record ...])``: the records of ``mod`` on ``target`` in ``d``.
+
+    Workloads match by structural hash, then structural equality; records by :func:`target_key`. Failed
+    candidates are left out unless ``failed``.
+    """
+    from tvm.s_tir.meta_schedule.database import Workload  # noqa: PLC0415
+    import tvm_ffi  # noqa: PLC0415
+
+    key = workload_key(mod)
+    workloads = read_workloads(d)
+    same = [i for i, w in enumerate(workloads) if w is not None and w[0] == key
+            and tvm_ffi.structural_equal(Workload.from_json(list(w)).mod, mod)]
+    if not same:
+        return None, []
+    matches = _target_matcher(target)
+    out = [rec for index, rec in read_records(d, len(workloads), indices=same)
+           if index in same and (failed or record_seconds(rec) < FAILED) and matches(rec)]
+    return list(workloads[same[0]]), out
+
+
+def apply_record(record, workload, mod):
+    """Replay a record's trace on ``mod``: the tuned ``s_tir.Schedule``."""
+    from tvm import s_tir  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.database import TuningRecord, Workload  # noqa: PLC0415
+
+    sch = s_tir.Schedule(mod)
+    TuningRecord.from_json(record, Workload.from_json(workload)).trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch
+
+
+MARGIN = 0.05  # a record must beat the hand schedule by 5%: re-measuring the same pair moved it by up to ~5% here
+
+
+def best_tuned_module(func, target, d: Path, baselines: dict):
+    """The IRModule of the chosen record for ``func`` on ``target`` in ``d``, or None.
+
+    The newest baseline for this workload and target decides: it must have been measured with the current hand
+    schedules, and the record it names (``record``, re-measured as ``tuned_seconds`` beside the hand schedule)
+    must beat the hand schedule's ``seconds`` by :data:`MARGIN`. Records measured after it (an interrupted run)
+    wait for the next run's re-measurement. A baseline written by hand without a ``record`` compares the
+    fastest record's own time instead. ``baselines`` is ``_baselines(d)``.
+    """
+    mod = module(func)
+    tkey = target_key(target)
+    lines = [b for b in baselines.get(workload_key(mod), []) if b.get("target") == tkey]
+    if not lines:
+        return None
+    base = lines[-1]
+    if base.get("hand_source") != hand_fingerprint(target):
+        log.info("tvm_gru: tuning records for %s predate the current hand schedules; run `tvm-gru tune --refresh` "
+                 "to re-measure them", base.get("spec"))
+        return None
+    workload, records = records_for(Path(d), mod, target)
+    if "record" in base:
+        records = [r for r in records if digest(r) == base["record"]]
+    if not records:
+        return None
+    best = min(records, key=record_seconds)
+    tuned = float(base["tuned_seconds"]) if base.get("tuned_seconds") and "record" in base else record_seconds(best)
+    if not tuned < float(base["seconds"]) * (1 - MARGIN):
+        return None
+    return apply_record(best, workload, mod).mod
 
 
 def lookup(func, target):
     """Return the tuned IRModule for ``func`` on ``target`` if a matching record beats the hand schedule."""
     d = db_dir(target)
-    if not (d / "database_tuning_record.json").exists():
+    if not (d / RECORDS).exists():
         return None
-    from . import tune  # noqa: PLC0415  (imports MetaSchedule only when a database exists)
+    return best_tuned_module(func, target, d, _baselines(d))
 
-    return tune.best_tuned_module(func, target, d, _baselines(d))
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
