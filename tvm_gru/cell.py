@@ -26,6 +26,22 @@ _SERIAL = {"kernel_initializer": initializers, "recurrent_initializer": initiali
 _COUNTER = [0]
 
 
+def constructor_kwargs(cls, config: dict, target=None) -> dict:
+    """Keyword arguments of ``cls.__init__`` from a Keras config dict (``trainable`` dropped, unknown keys refused)."""
+    cfg = dict(config)
+    cfg.pop("trainable", None)
+    if "units" not in cfg:
+        raise ValueError("`config` has no 'units' entry")
+    code = cls.__init__.__code__
+    known = set(code.co_varnames[1:code.co_argcount])
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"`config` has unsupported keys {unknown}; expected a subset of {sorted(known)}")
+    if target is not None:
+        cfg["target"] = target
+    return cfg
+
+
 class GRUCell:
     """Keras v1 GRU cell (defaults: hard_sigmoid, reset_after=False, implementation=1).
 
@@ -197,17 +213,7 @@ class GRUCell:
         """Build a cell from :meth:`get_config` output or a real tf_keras ``GRUCell.get_config()`` dict."""
         if not isinstance(config, dict):
             raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
-        cfg = dict(config)
-        cfg.pop("trainable", None)
-        if "units" not in cfg:
-            raise ValueError("`config` has no 'units' entry")
-        known = set(cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount])
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"`config` has unsupported keys {unknown}; expected a subset of {sorted(known)}")
-        if target is not None:
-            cfg["target"] = target
-        return cls(**cfg)
+        return cls(**constructor_kwargs(cls, config, target))
 
     # ------------------------------------------------------------------ states and masks
     def get_initial_state(self, inputs=None, batch_size=None, dtype=None) -> np.ndarray:

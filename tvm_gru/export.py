@@ -21,7 +21,6 @@ The folder layout and the loader are in :mod:`tvm_gru.runtime.artifact`. What go
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -211,14 +210,6 @@ def _copy_runtime_package(dest: Path) -> list:
     return [pkg / n for n in ("__init__.py", "artifact.py", "buffers.py")]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Path:
     """Write a deployable artifact of a built cell for ``target``.
 
@@ -284,7 +275,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Pa
             "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
                        "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
             "weights": "weights.npz", "runtime_libs": libs, "versions": _versions(),
-            "files": {f.relative_to(tmp).as_posix(): _sha256(f) for f in files},
+            "files": {f.relative_to(tmp).as_posix(): artifact._sha256(f) for f in files},
         }
         (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.chmod(0o755)

@@ -16,8 +16,7 @@ import numbers
 import numpy as np
 
 from . import regularizers
-from .cell import GRUCell
-from .config import check_positive_int
+from .cell import GRUCell, constructor_kwargs
 from .inputs import as_array
 from .sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
 
@@ -189,17 +188,7 @@ class GRU:
         if not isinstance(config, dict):
             raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
         cfg = {k: v for k, v in config.items() if k not in _IGNORED_KEYS}
-        cfg.pop("trainable", None)
-        if "units" not in cfg:
-            raise ValueError("`config` has no 'units' entry")
-        code = cls.__init__.__code__
-        known = set(code.co_varnames[1:code.co_argcount])
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"`config` has unsupported keys {unknown}; expected a subset of {sorted(known)}")
-        if target is not None:
-            cfg["target"] = target
-        return cls(**cfg)
+        return cls(**constructor_kwargs(cls, cfg, target))
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write the layer as one ONNX GRU node (see :func:`tvm_gru.onnx_io.layer_to_onnx`)."""
