@@ -7,6 +7,7 @@ the real MetaSchedule runs use tiny workloads and trial counts, and the long one
 from __future__ import annotations
 
 import importlib
+import contextlib
 import json
 import logging
 import os
@@ -340,10 +341,12 @@ def test_interrupted_run_keeps_its_records_and_resumes(tmp_path):
     assert 2 <= kept < 12
 
     proc = subprocess.Popen(_tune_cmd(tmp_path, 12), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     _wait_for_records(records, kept + 2, proc)
     proc.kill()  # SIGKILL: no clean-up at all
     proc.communicate()
+    with contextlib.suppress(ProcessLookupError):  # its build and timing workers, orphaned by the kill
+        os.killpg(proc.pid, signal.SIGKILL)
     tuning_db.repair(d)
     kept = len(ms.database.JSONDatabase(work_dir=str(d)).get_all_tuning_records())
     assert 4 <= kept < 12
@@ -372,15 +375,16 @@ def test_rpc_tuning_with_a_tracker_and_two_servers(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
     port = _free_port()
+    # Own process groups: the servers run each session in a worker process that terminate() alone would orphan.
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(port), "--port-end", str(port + 1)])]
+                               "--port", str(port), "--port-end", str(port + 1)], start_new_session=True)]
     try:
         time.sleep(2)
         for _ in range(2):
             p = _free_port()
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
                                            f"127.0.0.1:{port}", "--key", "gru-test", "--host", "127.0.0.1",
-                                           "--port", str(p), "--port-end", str(p + 50)]))
+                                           "--port", str(p), "--port-end", str(p + 50)], start_new_session=True))
         config = ms.runner.RPCConfig("127.0.0.1", port, "gru-test", session_timeout_sec=10)
         t0 = time.time()
         while _registered(config) < 2:
@@ -390,7 +394,7 @@ def test_rpc_tuning_with_a_tracker_and_two_servers(tmp_path):
                            rpc_key="gru-test", progress=False)
     finally:
         for p in reversed(procs):
-            p.terminate()
+            os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=30)
     assert result.trials_run == 4 and result.records == 4
     assert result.tuned_seconds is not None and result.hand_seconds > 0
