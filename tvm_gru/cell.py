@@ -9,12 +9,13 @@ Keras-compatible.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
 from . import constraints, initializers, regularizers, targets
 from .config import GRUConfig, StepSpec, check_positive_int
-from .inputs import as_array, check_step_args
+from .inputs import as_array, check_step_args, check_training, kernel_view
 from .packing import pack_weights
 
 __all__ = ["GRUCell"]
@@ -40,6 +41,31 @@ def constructor_kwargs(cls, config: dict, target=None) -> dict:
     if target is not None:
         cfg["target"] = target
     return cfg
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM on this machine (1 TiB when the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def check_weight_memory(units: int, input_dim: int | None, dtype: str) -> None:
+    """Refuse sizes whose weights cannot fit in this machine's memory, before numpy tries (MemoryError, OOM kill).
+
+    Counted per weight element: its float64 initial value, the kept array and its packed copy.
+    ``input_dim=None`` counts the recurrent kernel (H, 3H) only (the constructor knows no input size yet).
+    """
+    elements = 3 * units * (units + (input_dim or 0))
+    needed = elements * (8 + 2 * np.dtype(dtype).itemsize)
+    available = _physical_memory()
+    if needed > available:
+        what = (f"`units`={units}" if input_dim is None else f"`units`={units} with `input_dim`={input_dim}")
+        raise ValueError(f"{what} is too large: its {dtype} weights ({elements:.3g} values, about "
+                         f"{needed / 2**30:.3g} GiB to create and pack) do not fit in this machine's "
+                         f"{available / 2**30:.3g} GiB of memory; expected a size whose 3*units*(units+input_dim) "
+                         f"weights fit")
 
 
 class GRUCell:
@@ -84,10 +110,15 @@ class GRUCell:
                     recurrent_regularizer=recurrent_regularizer, bias_regularizer=bias_regularizer,
                     kernel_constraint=kernel_constraint, recurrent_constraint=recurrent_constraint,
                     bias_constraint=bias_constraint)
+        check_weight_memory(self.config.units, None, self.config.dtype)
         for key, value in args.items():
             setattr(self, key, _SERIAL[key].get(value))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"`seed` must be an int or None, received {seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"`seed` must be a non-negative int or None, received {seed}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a str or None, received {name!r} of type {type(name).__name__}")
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.target = targets.resolve(target)
@@ -139,6 +170,7 @@ class GRUCell:
             raise TypeError(f"`input_shape` must be a shape tuple like (batch, input_dim); "
                             f"received {input_shape!r}") from err
         input_dim = check_positive_int("input_dim", input_dim)
+        check_weight_memory(self.config.units, input_dim, self.config.dtype)
         c, dt = self.config, self.config.dtype
         rng = self._rng
 
@@ -161,20 +193,27 @@ class GRUCell:
     def set_weights(self, weights) -> None:
         """Set weights in Keras order; builds the cell from the kernel shape if needed."""
         c = self.config
-        weights = list(weights)
         expected = 3 if c.use_bias else 2
+        if isinstance(weights, (str, bytes, dict, np.ndarray)) or not hasattr(weights, "__iter__"):
+            raise TypeError(f"`weights` must be a list of {expected} arrays (kernel, recurrent_kernel"
+                            f"{', bias' if c.use_bias else ''}); received {type(weights).__name__}")
+        weights = list(weights)
         if len(weights) != expected:
             raise ValueError(f"`weights` must be a list of {expected} arrays (kernel, recurrent_kernel"
                              f"{', bias' if c.use_bias else ''}); received {len(weights)}")
         arrays = [as_array(f"weights[{i}]", w) for i, w in enumerate(weights)]
         input_dim = self.input_dim if self.built else (arrays[0].shape[0] if arrays[0].ndim == 2 else None)
+        if not self.built and not input_dim:
+            raise ValueError(f"`kernel` (weights[0]) must have shape (input_dim, {3 * c.units}) with input_dim > 0; "
+                             f"received {arrays[0].shape}")
         shapes = [(input_dim, 3 * c.units), (c.units, 3 * c.units)] + ([c.bias_shape] if c.use_bias else [])
         names = ["kernel", "recurrent_kernel", "bias"]
         for i, (arr, shape) in enumerate(zip(arrays, shapes)):
             if arr.shape != shape:
-                raise ValueError(f"`{names[i]}` must have shape {shape}; received {arr.shape}")
+                raise ValueError(f"`{names[i]}` (weights[{i}]) must have shape {shape}; received {arr.shape}")
             if arr.dtype.kind not in "fiu":
-                raise TypeError(f"`{names[i]}` must be numeric; received dtype {arr.dtype}")
+                raise TypeError(f"`{names[i]}` (weights[{i}]) must be numeric (float or int); received dtype "
+                                f"{arr.dtype}")
         cons = [self.kernel_constraint, self.recurrent_constraint, self.bias_constraint]
         out = []
         for arr, con in zip(arrays, cons):
@@ -266,12 +305,14 @@ class GRUCell:
         nested = type(states) is list or type(states) is tuple
         h = states[0] if nested and states else states
         runner = self._fast
-        if runner is not None and not training and type(inputs) is np.ndarray and type(h) is np.ndarray:
-            # Fast path: the kernel's binder checks shape, dtype and layout; anything else takes the slow path.
+        if runner is not None and (training is None or training is False) and type(inputs) is np.ndarray \
+                and type(h) is np.ndarray:
+            # Fast path: the kernel's binder checks shape, dtype and layout (DLPack refuses read-only, object
+            # and byte-swapped arrays with BufferError); anything else takes the checked path.
             try:
                 out = runner(inputs, h)
                 return out, ([out] if nested else out)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, BufferError):
                 pass
         out = self._call_checked(inputs, states, nested, training)
         return out, ([out] if nested else out)
@@ -280,16 +321,18 @@ class GRUCell:
         """Validate, convert (cast, make contiguous) and run; compiles a kernel for a new batch size."""
         if nested and len(states) == 0:
             raise ValueError("`states` must hold one (batch, units) array; received an empty sequence")
+        training = check_training(training)
         x = as_array("inputs", inputs)
-        h = as_array("states[0]", states[0] if nested else states)
+        h = as_array("states[0]" if nested else "states", states[0] if nested else states)
         if not self.built:
             if x.ndim != 2:
                 raise ValueError(f"`inputs` must have rank 2 (batch, input_dim); received shape {x.shape}")
+            check_step_args(x, h, x.shape[1], self.config.units)  # nothing is built from a bad first call
             self.build(x.shape)
         check_step_args(x, h, self.input_dim, self.config.units)
         dt = self.config.dtype
-        x = np.ascontiguousarray(x, dtype=dt)
-        h = np.ascontiguousarray(h, dtype=dt)
+        x = kernel_view(x, dt)
+        h = kernel_view(h, dt)
         batch = x.shape[0]
         if batch == 0:
             return np.zeros((0, self.units), dt)

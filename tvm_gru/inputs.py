@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_array", "check_step_args"]
+__all__ = ["as_array", "check_step_args", "check_training", "kernel_view", "device_name"]
+
+# DLPack device types (dlpack.h DLDeviceType) that numpy cannot read in place.
+_DEVICE_NAMES = {1: "cpu", 2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi", 10: "rocm",
+                 11: "rocm_host", 12: "ext_dev", 13: "cuda_managed", 14: "oneapi", 15: "webgpu", 16: "hexagon",
+                 17: "maia"}
+
+
+def device_name(device) -> str:
+    """``(device_type, device_id)`` of ``__dlpack_device__`` as text, e.g. ``cuda:0``."""
+    try:
+        kind, index = int(device[0]), int(device[1])
+    except (TypeError, ValueError, IndexError):
+        return repr(device)
+    return f"{_DEVICE_NAMES.get(kind, f'device type {kind}')}:{index}"
 
 
 def as_array(name: str, value) -> np.ndarray:
@@ -20,14 +34,48 @@ def as_array(name: str, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return np.asarray(value)
     if hasattr(value, "__dlpack__"):
+        device = getattr(value, "__dlpack_device__", None)
+        if device is not None:
+            try:
+                where = device()
+            except Exception as err:  # noqa: BLE001  (a broken producer: say which argument)
+                raise TypeError(f"`{name}`: __dlpack_device__() of {type(value).__name__} failed ({err})") from err
+            try:
+                kind = int(where[0])
+            except (TypeError, ValueError, IndexError):
+                kind = None
+            if kind != 1:
+                # numpy would read the capsule's pointer as host memory, or refuse without naming the argument
+                raise TypeError(f"`{name}` must be a host (CPU) tensor; received a {type(value).__name__} on "
+                                f"{device_name(where)}: copy it to the CPU first (e.g. tensor.cpu())")
         try:
             return np.from_dlpack(value)
-        except (RuntimeError, BufferError, TypeError) as err:
+        except Exception as err:  # noqa: BLE001  (RuntimeError, BufferError, TypeError, ...: name the argument)
             # e.g. a CUDA tensor: numpy can only view host memory
             raise TypeError(f"`{name}` must be a host (CPU) tensor readable through DLPack; "
                             f"received {type(value).__name__} ({err})") from err
     raise TypeError(f"`{name}` must be a numpy array or a DLPack tensor of shape (batch, features); "
                     f"received {type(value).__name__}")
+
+
+def check_training(training):
+    """``training`` as None or a bool: Python/numpy bools, 0/1 and None; anything else is refused."""
+    if training is None or isinstance(training, (bool, np.bool_)):
+        return None if training is None else bool(training)
+    if isinstance(training, (int, np.integer)) and training in (0, 1):
+        return bool(training)
+    raise TypeError(f"`training` must be None, True or False; received {training!r} of type "
+                    f"{type(training).__name__}")
+
+
+def kernel_view(array: np.ndarray, dtype) -> np.ndarray:
+    """``array`` as a C-contiguous, writeable array of ``dtype`` in native byte order, copied only when needed.
+
+    The compiled kernels take arrays through DLPack, which refuses read-only arrays; non-contiguous, strided,
+    Fortran-ordered and byte-swapped arrays are copied too.
+    """
+    out = np.ascontiguousarray(array, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
 
 
 def _check_float(name: str, array: np.ndarray) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import regularizers
 from .cell import GRUCell, constructor_kwargs
-from .inputs import as_array
+from .inputs import as_array, check_training
 from .sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
 
 __all__ = ["GRU"]
@@ -83,6 +83,8 @@ class GRU:
                 raise TypeError(f"`{key}` must be a bool, received {value!r}")
             setattr(self, key, bool(value))
         self.activity_regularizer = regularizers.get(activity_regularizer)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a str or None, received {name!r} of type {type(name).__name__}")
         if name is None:
             _COUNTER[0] += 1
             name = "gru" if _COUNTER[0] == 1 else f"gru_{_COUNTER[0] - 1}"
@@ -138,7 +140,12 @@ class GRU:
     # ------------------------------------------------------------------ weights
     def build(self, input_shape) -> None:
         """Create the weights for inputs of shape ``(batch, time, input_dim)`` (or ``(..., input_dim)``)."""
-        self.cell.build(tuple(input_shape))
+        try:
+            shape = tuple(input_shape)
+        except TypeError as err:
+            raise TypeError(f"`input_shape` must be a shape tuple like (batch, time, input_dim); "
+                            f"received {input_shape!r}") from err
+        self.cell.build(shape)
         self._repack()
 
     def get_weights(self) -> list:
@@ -190,6 +197,16 @@ class GRU:
         cfg = {k: v for k, v in config.items() if k not in _IGNORED_KEYS}
         return cls(**constructor_kwargs(cls, cfg, target))
 
+    def export(self, path, target=None, batch=1, masking=True, overwrite=False):
+        """Write a deployable artifact of this layer (see :func:`tvm_gru.export.export_layer`); returns its folder.
+
+        ``target`` defaults to the layer's own target; ``batch`` is one batch size or a list of them.
+        """
+        from .export import export_layer  # noqa: PLC0415
+
+        return export_layer(self, path, target=self.cell.target if target is None else target, batch=batch,
+                            masking=masking, overwrite=overwrite)
+
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write the layer as one ONNX GRU node (see :func:`tvm_gru.onnx_io.layer_to_onnx`)."""
         from .onnx_io import layer_to_onnx  # noqa: PLC0415
@@ -200,6 +217,9 @@ class GRU:
     def get_initial_state(self, inputs) -> np.ndarray:
         """Zeros (batch, units) for ``inputs`` of shape (batch, time, input_dim) (time-major: (time, batch, ...))."""
         x = as_array("inputs", inputs)
+        if x.ndim != 3:
+            layout = "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
+            raise ValueError(f"`inputs` must have rank 3 {layout}; received shape {x.shape}")
         batch = x.shape[1] if self.time_major else x.shape[0]
         return np.zeros((batch, self.cell.units), self.cell.dtype)
 
@@ -217,16 +237,26 @@ class GRU:
                 raise ValueError(f"Layer {self.name} expects 1 state, but it received {len(states)} state values.")
             states = states[0]
         value = as_array("states", states)
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"`states` must hold real numbers (cast to {self.cell.dtype}); received dtype "
+                            f"{value.dtype}")
+        if value.ndim != 2:
+            raise ValueError(f"`states` must have shape (batch, {self.cell.units}); received {value.shape}")
         batch = self._states[0].shape[0] if self._states is not None else value.shape[0]
         if value.shape != (batch, self.cell.units):
-            raise ValueError(f"State 0 is incompatible with layer {self.name}: expected shape "
+            raise ValueError(f"State 0 (`states`) is incompatible with layer {self.name}: expected shape "
                              f"{(batch, self.cell.units)} but found {value.shape}")
         if self._states is None:
             self._states = [np.zeros(value.shape, self.cell.dtype) for _ in range(2)]
         self._states[0][...] = value
 
     def compute_output_shape(self, input_shape) -> list | tuple:
-        shape = tuple(input_shape)
+        try:
+            shape = tuple(input_shape)
+        except TypeError as err:
+            raise TypeError(f"`input_shape` must be a shape tuple of rank 3; received {input_shape!r}") from err
+        if len(shape) != 3:
+            raise ValueError(f"`input_shape` must have rank 3 (batch, time, input_dim); received {shape}")
         batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
         units = self.cell.units
         if self.return_sequences:
@@ -255,7 +285,7 @@ class GRU:
         output : (B, T, H) if ``return_sequences`` else (B, H); with ``return_state``: ``[output, state]``
         """
         fast = self._fast
-        if fast is not None and mask is None and initial_state is None and not training \
+        if fast is not None and mask is None and initial_state is None and (training is None or training is False) \
                 and type(inputs) is np.ndarray:
             try:
                 return fast(inputs)
@@ -264,6 +294,7 @@ class GRU:
         return self._call_checked(inputs, mask, training, initial_state)
 
     def _call_checked(self, inputs, mask, training, initial_state):
+        training = check_training(training)
         if isinstance(inputs, (list, tuple)):
             if not inputs:
                 raise ValueError("`inputs` is an empty list")
@@ -327,6 +358,10 @@ class GRU:
 
     def _mask(self, mask, leading):
         valid = as_array("mask", mask)
+        if valid.dtype.kind not in "biuf":
+            raise TypeError(f"`mask` must hold bools (or 0/1 numbers); received dtype {valid.dtype}")
+        if valid.dtype.kind == "f" and np.isnan(valid).any():
+            raise ValueError("`mask` holds NaN, which is neither a valid nor a padding step; expected bools")
         if valid.shape != tuple(leading):
             layout = "(time, batch)" if self.time_major else "(batch, time)"
             raise ValueError(f"`mask` must have shape {layout} = {tuple(leading)}; received {valid.shape}")

@@ -71,18 +71,34 @@ def _onnx_activation(name: str, role: str) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------------ import
+def _parse(read, what: str, size: int):
+    """``read()`` (an ``onnx`` loader) as a checked ``onnx.ModelProto``, or ValueError naming ``what``: protobuf's
+    DecodeError is not a ValueError, and empty or unrelated bytes may parse as an empty model."""
+    try:
+        model = read()
+    except Exception as err:  # noqa: BLE001  (google.protobuf.message.DecodeError and friends)
+        raise ValueError(f"`model_or_path` ({what}) is not an ONNX model: {type(err).__name__}: {err}") from err
+    if not model.HasField("graph") or not model.opset_import:
+        raise ValueError(f"`model_or_path` ({what}) is not an ONNX model: expected a serialized ModelProto with a "
+                         f"graph and an opset; received {size} bytes without them")
+    return model
+
+
 def _load(model_or_path):
     import onnx  # noqa: PLC0415
 
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     if isinstance(model_or_path, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model_or_path))
+        blob = bytes(model_or_path)
+        return _parse(lambda: onnx.load_from_string(blob), f"{len(blob)} bytes", len(blob))
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
+        if path.is_dir():
+            raise ValueError(f"`model_or_path` must be an ONNX model file; received the directory {path}")
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model file not found: {path}")
-        return onnx.load(str(path))
+            raise FileNotFoundError(f"`model_or_path`: ONNX model file not found: {path}")
+        return _parse(lambda: onnx.load(str(path)), f"file {path}", path.stat().st_size)
     raise TypeError(f"`model_or_path` must be an onnx.ModelProto, bytes or a path; "
                     f"received {type(model_or_path).__name__}")
 
@@ -91,6 +107,10 @@ def _pick_node(graph, node):
     grus = [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
     names = [n.name or f"#{i}" for i, n in enumerate(grus)]
     if node is None:
+        if not grus:
+            ops = sorted({n.op_type for n in graph.node})
+            raise ValueError(f"`model_or_path` has no GRU node to import; expected one ONNX GRU node, the graph "
+                             f"holds {ops or 'no nodes'}")
         if len(grus) != 1:
             raise ValueError(f"the model has {len(grus)} GRU nodes {names}; pass `node=` (a name or an index)")
         return grus[0]
@@ -221,6 +241,8 @@ def from_onnx(model_or_path, node=None, target=None):
         raise ValueError(f"{where}: input 'W' has shape {W.shape}; expected (1, 3*hidden_size, input_size)")
     units = W.shape[1] // 3
     hidden = int(attrs.get("hidden_size", units))
+    if hidden <= 0:
+        raise ValueError(f"{where}: attribute 'hidden_size'={hidden} (W {W.shape}); expected a positive hidden size")
     if W.shape[1] != 3 * hidden or R.shape != (1, 3 * hidden, hidden):
         raise ValueError(f"{where}: W {W.shape} / R {R.shape} do not match hidden_size={hidden}")
     dtype = np.dtype(W.dtype).name

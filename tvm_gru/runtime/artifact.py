@@ -48,6 +48,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_REQUIRED = {"config": dict, "target": dict, "kernel": dict, "weights": str, "files": dict, "input_dim": int,
+             "lanes": int, "shapes": dict}
+
+
+def _artifact_root(path) -> Path:
+    """``path`` as an existing folder, or an error naming ``path`` (wrong type, missing, a file)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike naming an artifact folder; received "
+                        f"{type(path).__name__}")
+    root = Path(path).resolve()
+    if not root.exists():
+        raise ArtifactError(f"`path` {root} does not exist; expected an artifact folder written by export_cell")
+    if not root.is_dir():
+        raise ArtifactError(f"`path` {root} is a file, not an artifact folder; expected the folder holding "
+                            f"{METADATA}")
+    return root
+
+
 def _read_metadata(root: Path) -> dict:
     meta_path = root / METADATA
     if not meta_path.is_file():
@@ -65,6 +83,13 @@ def _read_metadata(root: Path) -> dict:
     if version > FORMAT_VERSION:
         raise ArtifactError(f"artifact format version {version} is newer than this runtime reads "
                             f"({FORMAT_VERSION}); upgrade tvm_gru on this machine")
+    for key, kind_of in _REQUIRED.items():
+        if not isinstance(meta.get(key), kind_of) or isinstance(meta.get(key), bool):
+            raise ArtifactError(f"{meta_path}: entry {key!r} must be a {kind_of.__name__}; received "
+                                f"{type(meta[key]).__name__ if key in meta else 'nothing (missing)'}")
+    for key in ("host_arch", "family"):
+        if not isinstance(meta["target"].get(key), str):
+            raise ArtifactError(f"{meta_path}: entry 'target' lacks the string {key!r}")
     return meta
 
 
@@ -77,7 +102,7 @@ def verify(path) -> dict:
         Missing or damaged metadata, a newer format, a missing file, a file outside the folder, or a hash
         mismatch.
     """
-    root = Path(path).resolve()
+    root = _artifact_root(path)
     meta = _read_metadata(root)
     files = meta.get("files")
     if not isinstance(files, dict) or not files:
@@ -214,7 +239,11 @@ def load(path, device_id: int = 0) -> "DeployedCell":
     ArtifactError
         See :func:`verify` and :func:`check_machine`; nothing native is opened before these checks pass.
     """
-    root = Path(path).resolve()
+    root = _artifact_root(path)
+    if isinstance(device_id, bool) or not isinstance(device_id, int):
+        raise TypeError(f"`device_id` must be a non-negative int; received {device_id!r}")
+    if device_id < 0:
+        raise ValueError(f"`device_id` must be a non-negative int; received {device_id}")
     meta = verify(root)
     check_machine(meta["target"])
     with np.load(root / meta["weights"], allow_pickle=False) as data:
@@ -244,12 +273,26 @@ def _host_array(name: str, value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "__dlpack__"):
+        device = getattr(value, "__dlpack_device__", None)
+        try:
+            kind = int(device()[0]) if device is not None else 1
+        except Exception:  # noqa: BLE001  (a broken producer)
+            kind = None
+        if kind != 1:  # numpy could read a device pointer as host memory: refuse by the reported device
+            where = device() if kind is not None else "an unknown device"
+            raise TypeError(f"`{name}` must be a host (CPU) tensor here; received a {type(value).__name__} on "
+                            f"DLPack device {where}: copy it to the CPU first")
         try:
             return np.from_dlpack(value)
-        except (RuntimeError, BufferError, TypeError) as err:
+        except Exception as err:  # noqa: BLE001  (RuntimeError, BufferError, TypeError: name the argument)
             raise TypeError(f"`{name}` must be a host tensor readable through DLPack ({err})") from err
     raise TypeError(f"`{name}` must be a numpy array or a DLPack tensor of shape (batch, features); "
                     f"received {type(value).__name__}")
+
+
+def _writeable(array: np.ndarray) -> np.ndarray:
+    """DLPack (as tvm_ffi speaks it) refuses read-only arrays: hand the kernel a copy of those."""
+    return array if array.flags.writeable else array.copy()
 
 
 def _is_device_tensor(value) -> bool:
@@ -330,7 +373,11 @@ class DeployedCell:
 
     def get_initial_state(self, inputs=None, batch_size=None, dtype=None) -> np.ndarray:
         if inputs is not None:
-            batch_size = int(inputs.shape[0])
+            shape = getattr(inputs, "shape", None)
+            if shape is None or len(shape) != 2:
+                raise ValueError(f"`inputs` must be a (batch, {self.input_dim}) tensor; received "
+                                 f"{type(inputs).__name__} of shape {shape}")
+            batch_size = int(shape[0])
         if batch_size is None:
             raise ValueError("batch_size and dtype cannot be None while constructing initial state: "
                              "pass `inputs` or `batch_size`")
@@ -387,8 +434,8 @@ class DeployedCell:
         x = _host_array("inputs", inputs)
         h = _host_array("states[0]", h)
         batch = self._check(x.shape, h.shape, x.dtype, h.dtype)
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        h = np.ascontiguousarray(h, dtype=self.dtype)
+        x = _writeable(np.ascontiguousarray(x, dtype=self.dtype))
+        h = _writeable(np.ascontiguousarray(h, dtype=self.dtype))
         out = np.empty((batch, self.units), self.dtype)
         if not self._cuda:
             self._functions[batch](x, h, *self._weights, out)
