@@ -20,11 +20,12 @@ if "TVM_NUM_THREADS" not in _os.environ:
 from .api import irmodule, packed_weights, primfunc  # noqa: E402
 from .cell import GRUCell  # noqa: E402
 from .config import GRUConfig, StepSpec  # noqa: E402
-from .export import export_cell  # noqa: E402
+from .export import export_cell, export_layer  # noqa: E402
 from .layer import GRU  # noqa: E402
 from .onnx_io import from_onnx  # noqa: E402
 from .runtime.artifact import ArtifactError, DeployedCell, load  # noqa: E402
+from .runtime.deployed_layer import DeployedGRU  # noqa: E402
 from .tune import tune  # noqa: E402  (MetaSchedule itself is imported only when tuning starts)
 
-__all__ = ["GRUCell", "GRU", "from_onnx", "tune", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "ArtifactError",
-           "export_cell", "primfunc", "irmodule", "packed_weights"]
+__all__ = ["GRUCell", "GRU", "from_onnx", "tune", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "DeployedGRU",
+           "ArtifactError", "export_cell", "export_layer", "primfunc", "irmodule", "packed_weights"]

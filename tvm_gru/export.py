@@ -1,7 +1,10 @@
-"""Deployable artifacts: a GRU cell compiled for a target, in one folder that runs without the TVM compiler.
+"""Deployable artifacts: a GRU cell or GRU layer compiled for a target, in one folder that runs without the
+TVM compiler.
 
 >>> cell = tvm_gru.GRUCell(256); cell.build((1, 128))                      # doctest: +SKIP
 >>> export_cell(cell, "gru_arm", target={"name": "aarch64", "mcpu": "cortex-a72"})  # doctest: +SKIP
+>>> layer = tvm_gru.GRU(256, return_sequences=True); layer.build((1, None, 128))     # doctest: +SKIP
+>>> export_layer(layer, "gru_layer_arm", target="aarch64", batch=[1, 8])   # doctest: +SKIP
 
 then, on the board (``pip install apache-tvm-ffi numpy``)::
 
@@ -9,6 +12,8 @@ then, on the board (``pip install apache-tvm-ffi numpy``)::
     import tvm_gru_runtime
     cell = tvm_gru_runtime.load("gru_arm")
     out, [h] = cell(x, [h])
+    layer = tvm_gru_runtime.load("gru_layer_arm")   # a DeployedGRU: layer(inputs, mask=..., initial_state=...)
+    seq = layer(x_btI)
 
 The folder layout and the loader are in :mod:`tvm_gru.runtime.artifact`. What goes in ``lib/``:
 
@@ -36,7 +41,7 @@ import numpy as np
 from . import __version__, targets
 from .runtime import artifact
 
-__all__ = ["export_cell", "register_cli"]
+__all__ = ["export_cell", "export_layer", "register_cli"]
 
 _TVM_WHEEL = "0.27.0.post1"
 _X86_FEATURES = {"haswell": ["avx2", "fma"], "skylake-avx512": ["avx2", "fma", "avx512f"]}
@@ -196,18 +201,66 @@ def _versions() -> dict:
     return out
 
 
+_RUNTIME_FILES = ("artifact.py", "buffers.py", "deployed_layer.py")
+
+
 def _copy_runtime_package(dest: Path) -> list:
     """The runtime loader as a standalone package ``python/tvm_gru_runtime`` (numpy + tvm_ffi only)."""
     src = Path(artifact.__file__).parent
     pkg = dest / "python" / "tvm_gru_runtime"
     pkg.mkdir(parents=True)
-    for name in ("artifact.py", "buffers.py"):
+    for name in _RUNTIME_FILES:
         shutil.copyfile(src / name, pkg / name)
     (pkg / "__init__.py").write_text(
-        '"""tvm_gru deployed-cell runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
-        "from .artifact import ArtifactError, DeployedCell, load, verify\n\n"
-        '__all__ = ["load", "verify", "DeployedCell", "ArtifactError"]\n')
-    return [pkg / n for n in ("__init__.py", "artifact.py", "buffers.py")]
+        '"""tvm_gru deployed cell/layer runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
+        "from .artifact import ArtifactError, DeployedCell, load, verify\n"
+        "from .deployed_layer import DeployedGRU\n\n"
+        '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "ArtifactError"]\n')
+    return [pkg / n for n in ("__init__.py", *_RUNTIME_FILES)]
+
+
+def _batch_list(batch) -> list:
+    batches = sorted({int(batch)} if np.isscalar(batch) else {int(b) for b in batch})
+    if not batches or batches[0] < 1:
+        raise ValueError(f"`batch` must be a positive int or a non-empty sequence of them; received {batch!r}")
+    return batches
+
+
+def _check_dest(path, overwrite: bool) -> Path:
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
+    return dest
+
+
+def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dict) -> Path:
+    """Write kernel.so, weights.npz, lib/, python/ and the metadata (``meta`` + files, hashes) into a temporary
+    folder next to ``dest``, then move it into place (a reader never sees a half-written artifact)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        files = [tmp / "kernel.so", tmp / "weights.npz"]
+        _export_library(executable, files[0], family)
+        np.savez(files[1], **packed)
+        libs = []
+        (tmp / "lib").mkdir()
+        for src, provides in _runtime_libs(family, files[0]):
+            dst = tmp / "lib" / Path(src).name
+            shutil.copyfile(src, dst)
+            files.append(dst)
+            libs.append({"path": f"lib/{dst.name}", "provides": provides})
+        files += _copy_runtime_package(tmp)
+        meta = {**meta, "weights": "weights.npz", "runtime_libs": libs, "versions": _versions(),
+                "files": {f.relative_to(tmp).as_posix(): artifact._sha256(f) for f in files}}
+        (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.chmod(0o755)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
 
 
 def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Path:
@@ -234,12 +287,8 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Pa
     """
     if not getattr(cell, "built", False):
         raise ValueError("`export_cell` needs a built cell: call build(input_shape), set_weights or the cell first")
-    batches = sorted({int(batch)} if np.isscalar(batch) else {int(b) for b in batch})
-    if not batches or batches[0] < 1:
-        raise ValueError(f"`batch` must be a positive int or a non-empty sequence of them; received {batch!r}")
-    dest = Path(path)
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
+    batches = _batch_list(batch)
+    dest = _check_dest(path, overwrite)
     target = targets.resolve(target)
     family = targets.family(target)
     lanes = targets.lanes(target, cell.config.dtype)
@@ -250,42 +299,131 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Pa
 
     weights = cell.get_weights()
     packed = pack_weights(cell.config, weights[0], weights[1], weights[2] if cell.config.use_bias else None, lanes)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        files = [tmp / "kernel.so", tmp / "weights.npz"]
-        _export_library(executable, files[0], family)
-        np.savez(files[1], **packed)
-        libs = []
-        (tmp / "lib").mkdir()
-        for src, provides in _runtime_libs(family, files[0]):
-            dst = tmp / "lib" / Path(src).name
-            shutil.copyfile(src, dst)
-            files.append(dst)
-            libs.append({"path": f"lib/{dst.name}", "provides": provides})
-        files += _copy_runtime_package(tmp)
-        meta = {
-            "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": cell.config.to_dict(), "input_dim": cell.input_dim, "units": cell.config.units,
-            "dtype": cell.config.dtype, "batch_sizes": batches, "lanes": lanes,
-            "shapes": {"inputs": ["batch", cell.input_dim], "states": ["batch", cell.config.units],
-                       **{n: list(a.shape) for n, a in packed.items()}},
-            "target": _target_meta(target, family),
-            "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
-                       "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
-            "weights": "weights.npz", "runtime_libs": libs, "versions": _versions(),
-            "files": {f.relative_to(tmp).as_posix(): artifact._sha256(f) for f in files},
-        }
-        (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.chmod(0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    meta = {
+        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["cell"], "kind": "cell",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": cell.config.to_dict(), "input_dim": cell.input_dim, "units": cell.config.units,
+        "dtype": cell.config.dtype, "batch_sizes": batches, "lanes": lanes,
+        "shapes": {"inputs": ["batch", cell.input_dim], "states": ["batch", cell.config.units],
+                   **{n: list(a.shape) for n, a in packed.items()}},
+        "target": _target_meta(target, family),
+        "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
+                   "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
+    }
+    return _write_artifact(dest, executable, family, packed, meta)
+
+
+# ---------------------------------------------------------------------------------------- layers
+_LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
+
+
+def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
+    """Compile the layer's whole-sequence kernels for every batch size into one module.
+
+    Per batch B: ``seq_b{B}`` (the rule's default schedule), ``seq_b{B}_masked`` (with ``masking``), and, when
+    the rule has a serial schedule for short calls (streaming), ``seq_b{B}_short`` / ``seq_b{B}_short_masked``.
+    Returns ``(executable, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
+    """
+    import tvm  # noqa: PLC0415
+
+    from .sequence import SequenceSpec, _rule, scheduled_sequence, vectorizable_isnan  # noqa: PLC0415
+
+    rule = _rule(target)
+    funcs, table = {}, {}
+    for batch in batches:
+        entry = table[str(batch)] = {}
+        for masked in (False, True) if masking else (False,):
+            spec = SequenceSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes,
+                                time_major=layer.time_major, masked=masked,
+                                zero_output_for_mask=layer.zero_output_for_mask,
+                                return_sequences=layer.return_sequences)
+            variants = [("full", rule.default_schedule(spec, target))]
+            short = rule.short_schedule(spec, target)
+            if short is not None:
+                variants.append(("short", short[1]))
+                entry["short_steps"] = int(short[0])
+            for kind, schedule in variants:
+                key = kind if not masked else ("masked" if kind == "full" else "short_masked")
+                name = f"seq_b{batch}" + ("" if kind == "full" else "_short") + ("_masked" if masked else "")
+                func = scheduled_sequence(spec, target, schedule)["main"]
+                funcs[name] = func.with_attr("global_symbol", name)
+                entry[key] = name
+    # the same pass configuration as the in-process compile (tvm_gru.sequence._load_or_build)
+    with vectorizable_isnan(), tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+        return tvm.compile(tvm.IRModule(funcs), target=target), table
+
+
+def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:
+    """Write a deployable artifact of a built :class:`tvm_gru.GRU` layer for ``target``.
+
+    The artifact holds the fused whole-sequence kernels (symbolic sequence length: any T runs without
+    recompiling) for each batch size, the packed weights and the layer's options (return_sequences,
+    return_state, go_backwards, stateful, time_major, zero_output_for_mask). :func:`tvm_gru.load` returns a
+    :class:`~tvm_gru.runtime.deployed_layer.DeployedGRU`, called like the Keras layer.
+
+    Parameters
+    ----------
+    layer : tvm_gru.GRU
+        A built layer (its weights are exported; dropout does not apply to deployed layers).
+    path : str or Path
+        The artifact folder to create.
+    target : None, str, dict or tvm.target.Target
+        "host" (default), "x86", "aarch64"/"arm" (cross-compiled), or a dict such as
+        ``{"name": "aarch64", "mcpu": "cortex-a72"}``. CUDA is refused: the sequence kernel has CPU schedules only.
+    batch : int or sequence of int
+        Batch sizes to compile kernels for (kernels are specialised on the batch size, not on the length).
+    masking : bool
+        Also compile the masked kernels, so the deployed layer takes ``mask=`` (default). False halves the
+        kernel count; a ``mask`` passed to such a layer then raises.
+    overwrite : bool
+        Replace an existing folder at ``path``.
+
+    Returns
+    -------
+    Path
+        The artifact folder.
+    """
+    if not getattr(layer, "built", False):
+        raise ValueError("`export_layer` needs a built layer: call build(input_shape), set_weights or the layer "
+                         "first")
+    batches = _batch_list(batch)
+    dest = _check_dest(path, overwrite)
+    target = targets.resolve(target)
+    family = targets.family(target)
+    from .schedules.sequence import RULES  # noqa: PLC0415
+
+    if family == "cuda" or not any(rule.is_target(target) for rule in RULES):
+        raise ValueError(f"cannot export a GRU layer for target {family!r} ({target.kind.name}): the "
+                         "whole-sequence kernel has CPU schedules only (x86, aarch64; see schedules/sequence.py) and "
+                         "the deployed layer runs on CPUs. Export the cell for this target instead "
+                         "(layer.cell.export(path, target=...)) and run the time loop around it, or export the "
+                         "layer for 'host', 'x86' or 'aarch64'")
+    cell = layer.cell
+    config = cell.config
+    lanes = targets.lanes(target, config.dtype)
+    executable, table = compile_sequence_kernels(layer, batches, target, lanes, bool(masking))
+
+    from .sequence import pack_sequence_weights  # noqa: PLC0415
+
+    packed = pack_sequence_weights(config, cell.kernel, cell.recurrent_kernel, cell.bias if config.use_bias else None,
+                                   lanes)
+    steps_first = layer.time_major
+    meta = {
+        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["layer"], "kind": "layer",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(), "input_dim": layer.input_dim, "units": config.units,
+        "dtype": config.dtype, "batch_sizes": batches, "lanes": lanes,
+        "layer": {"name": layer.name, **{flag: bool(getattr(layer, flag)) for flag in _LAYER_FLAGS},
+                  "masking": bool(masking)},
+        "keras_config": layer.get_config(),
+        "shapes": {"inputs": ["time", "batch", layer.input_dim] if steps_first else ["batch", "time", layer.input_dim],
+                   "mask": ["time", "batch"] if steps_first else ["batch", "time"],
+                   "states": ["batch", config.units], **{n: list(a.shape) for n, a in packed.items()}},
+        "target": _target_meta(target, family),
+        "kernel": {"library": "kernel.so", "functions": table, "weights": list(packed),
+                   "args": ["x", "h0", "[mask]", *packed, "[sequence]", "last", "state", "reverse"]},
+    }
+    return _write_artifact(dest, executable, family, packed, meta)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -317,6 +455,51 @@ def _cell_from_files(args):
     return cell
 
 
+def _is_layer_request(args) -> bool:
+    """--layer, or a --config holding a Keras GRU layer (class_name "GRU", or a flat config with layer flags)."""
+    if args.layer:
+        return True
+    if args.config:
+        config = json.loads(Path(args.config).read_text())
+        if isinstance(config, dict) and "class_name" in config:
+            return config["class_name"] in ("GRU", "GRUV1")
+        return isinstance(config, dict) and "return_sequences" in config
+    return False
+
+
+def _layer_flags(args) -> dict:
+    return {flag: True for flag in _LAYER_FLAGS if getattr(args, flag, False)}
+
+
+def _layer_from_files(args):
+    from .layer import GRU  # noqa: PLC0415
+
+    flags = _layer_flags(args)
+    if args.onnx:
+        from .onnx_io import from_onnx  # noqa: PLC0415
+
+        loaded = from_onnx(args.onnx)
+        layer = loaded[0] if isinstance(loaded, tuple) else loaded
+        for flag, value in flags.items():
+            setattr(layer, flag, value)
+        return layer
+    if args.config:
+        config = json.loads(Path(args.config).read_text())
+        config = {**config.get("config", config), **flags}
+        layer = GRU.from_config(config)
+        if args.weights:
+            with np.load(args.weights) as data:
+                keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
+                layer.set_weights([data[k] for k in keys])
+        elif args.input_dim:
+            layer.build((1, 1, args.input_dim))
+        return layer
+    layer = GRU(args.units, reset_after=args.reset_after, implementation=args.implementation, dtype=args.dtype,
+                seed=args.seed, **flags)
+    layer.build((1, 1, args.input_dim))
+    return layer
+
+
 def _target_arg(args):
     options = {k: v for k, v in (("mcpu", args.mcpu), ("arch", args.arch)) if v}
     name = args.target or "host"
@@ -324,22 +507,29 @@ def _target_arg(args):
 
 
 def _cli(args) -> int:
-    cell = _cell_from_files(args)
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch]
-    out = export_cell(cell, args.out, target=_target_arg(args), batch=batches, overwrite=args.overwrite)
+    if _is_layer_request(args):
+        out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
+                           masking=not args.no_masking, overwrite=args.overwrite)
+    else:
+        out = export_cell(_cell_from_files(args), args.out, target=_target_arg(args), batch=batches,
+                          overwrite=args.overwrite)
     meta = json.loads((out / artifact.METADATA).read_text())
     total = sum((out / f).stat().st_size for f in meta["files"])
-    print(f"wrote {out} ({meta['target']['family']}, batch {meta['batch_sizes']}, {total / 1e6:.2f} MB)")
+    print(f"wrote {out} ({artifact.artifact_kind(meta)}, {meta['target']['family']}, batch {meta['batch_sizes']}, "
+          f"{total / 1e6:.2f} MB)")
     for rel in meta["files"]:
         print(f"  {rel:40s} {(out / rel).stat().st_size / 1e3:10.1f} kB")
     return 0
 
 
 def register_cli(subparsers, add_shape_args) -> None:
-    """``tvm-gru export``: from a Keras config (+ weights .npz), an ONNX model, or a fresh seeded cell."""
+    """``tvm-gru export``: a cell or a layer, from a Keras config (+ weights .npz), an ONNX model, or fresh
+    seeded weights."""
     p = subparsers.add_parser("export", help="write a deployable artifact (kernel + weights + runtime libs)")
     add_shape_args(p)
-    p.add_argument("--config", help="Keras GRUCell config JSON (get_config() output, or a layer dict)")
+    p.add_argument("--config", help="Keras GRUCell or GRU config JSON (get_config() output, or a "
+                                    "{'class_name': ..., 'config': ...} dict; class_name 'GRU' exports a layer)")
     p.add_argument("--weights", help=".npz with kernel, recurrent_kernel[, bias] (or arr_0, arr_1[, arr_2])")
     p.add_argument("--onnx", help="an ONNX model with one GRU node (instead of --config/--weights)")
     p.add_argument("--out", required=True, help="artifact folder to write")
@@ -348,4 +538,10 @@ def register_cli(subparsers, add_shape_args) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights seed when no --config/--onnx is given")
     p.add_argument("--batches", help="comma-separated batch sizes to compile (default: --batch)")
     p.add_argument("--overwrite", action="store_true")
+    layer = p.add_argument_group("layer", "export a GRU layer (whole-sequence kernels) instead of a cell")
+    layer.add_argument("--layer", action="store_true", help="export a GRU layer (implied by a GRU --config)")
+    for flag in _LAYER_FLAGS:
+        layer.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true",
+                           help=f"layer option {flag}=True")
+    layer.add_argument("--no-masking", action="store_true", help="skip the masked kernels (no `mask` argument)")
     p.set_defaults(func=_cli)

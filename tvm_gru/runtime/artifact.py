@@ -1,15 +1,21 @@
-"""Loading a deployed GRU cell: numpy + apache-tvm-ffi only, never the TVM compiler.
+"""Loading a deployed GRU cell or layer: numpy + apache-tvm-ffi only, never the TVM compiler.
 
-An artifact is a folder written by :func:`tvm_gru.export.export_cell`::
+An artifact is a folder written by :func:`tvm_gru.export.export_cell` or :func:`tvm_gru.export.export_layer`::
 
-    tvm_gru_artifact.json   metadata: format version, config, shapes, dtype, target, versions, SHA-256 per file
-    kernel.so               the compiled step kernels (one function per batch size) for the target
+    tvm_gru_artifact.json   metadata: format version, kind, config, shapes, dtype, target, versions, SHA-256 per file
+    kernel.so               the compiled kernels for the target: a cell's step kernel per batch size, or a
+                            layer's whole-sequence kernels per batch size (see :mod:`.deployed_layer`)
     weights.npz             the packed weights, by kernel parameter name
     lib/                    the TVM runtime libraries the kernels need on that architecture (may be empty)
     python/tvm_gru_runtime  a copy of this module, so the folder runs with ``pip install apache-tvm-ffi numpy``
 
 :func:`load` checks the format version, that this machine can run the target, and every file's SHA-256
 *before* any native library is opened; then it loads the runtime libraries, the kernels and the weights.
+
+``kind`` is "cell" (a :class:`DeployedCell`; artifacts written before the field existed are cells) or
+"layer" (a :class:`~.deployed_layer.DeployedGRU`). ``format_version`` is the oldest loader format that reads
+the artifact: cells are written as version 1 (any tvm_gru loader reads them), layers as version 2, so an
+older loader refuses a layer artifact with "upgrade tvm_gru" instead of misreading it as a cell.
 
 >>> cell = load("gru_arm")                                  # doctest: +SKIP
 >>> out, [h] = cell(x, [h])                                 # doctest: +SKIP
@@ -27,10 +33,12 @@ from pathlib import Path
 import numpy as np
 import tvm_ffi
 
-__all__ = ["load", "DeployedCell", "ArtifactError", "FORMAT", "FORMAT_VERSION", "METADATA", "verify"]
+__all__ = ["load", "DeployedCell", "ArtifactError", "FORMAT", "FORMAT_VERSION", "KIND_VERSIONS", "METADATA",
+           "verify"]
 
 FORMAT = "tvm_gru.artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this loader reads
+KIND_VERSIONS = {"cell": 1, "layer": 2}  # the format version each kind is written with (the oldest that reads it)
 METADATA = "tvm_gru_artifact.json"
 _MACHINES = {"x86_64": ("x86_64", "amd64"), "aarch64": ("aarch64", "arm64")}
 _HWCAP = {"asimd": 1 << 1, "asimddp": 1 << 20}  # AArch64 AT_HWCAP bits (what qemu-user reports too)
@@ -90,7 +98,18 @@ def _read_metadata(root: Path) -> dict:
     for key in ("host_arch", "family"):
         if not isinstance(meta["target"].get(key), str):
             raise ArtifactError(f"{meta_path}: entry 'target' lacks the string {key!r}")
+    kind = meta.get("kind", "cell")
+    if kind not in KIND_VERSIONS:
+        raise ArtifactError(f"{meta_path}: unknown artifact kind {kind!r}; expected one of {sorted(KIND_VERSIONS)}")
+    if version < KIND_VERSIONS[kind]:
+        raise ArtifactError(f"{meta_path}: a {kind} artifact needs format version >= {KIND_VERSIONS[kind]}; "
+                            f"the metadata says {version}")
     return meta
+
+
+def artifact_kind(meta: dict) -> str:
+    """"cell" or "layer" (metadata without a ``kind`` field, written before layers existed, is a cell)."""
+    return meta.get("kind", "cell")
 
 
 def verify(path) -> dict:
@@ -219,8 +238,8 @@ def _check_cuda_device(device_id: int, arch) -> None:
                             f"'arch': 'sm_{have[0]}{have[1]}'}}")
 
 
-def load(path, device_id: int = 0) -> "DeployedCell":
-    """Load an artifact folder written by :func:`tvm_gru.export.export_cell`.
+def load(path, device_id: int = 0):
+    """Load an artifact folder written by :func:`tvm_gru.export.export_cell` or :func:`~tvm_gru.export.export_layer`.
 
     Parameters
     ----------
@@ -231,8 +250,9 @@ def load(path, device_id: int = 0) -> "DeployedCell":
 
     Returns
     -------
-    DeployedCell
-        Called like the Keras cell: ``out, [h] = cell(x, [h])``.
+    DeployedCell or DeployedGRU
+        A cell artifact is called like the Keras cell: ``out, [h] = cell(x, [h])``; a layer artifact like the
+        Keras GRU layer: ``layer(inputs, mask=None, training=None, initial_state=None)``.
 
     Raises
     ------
@@ -245,10 +265,21 @@ def load(path, device_id: int = 0) -> "DeployedCell":
     if device_id < 0:
         raise ValueError(f"`device_id` must be a non-negative int; received {device_id}")
     meta = verify(root)
+    layer = artifact_kind(meta) == "layer"
+    if layer and meta["target"].get("family") == "cuda":
+        raise ArtifactError("layer artifacts run on CPUs only (the whole-sequence kernel has no CUDA schedule)")
     check_machine(meta["target"])
     with np.load(root / meta["weights"], allow_pickle=False) as data:
-        weights = {name: data[name] for name in meta["kernel"]["weights"]}
-    _check_weights(meta, weights)
+        try:
+            weights = {name: data[name] for name in meta["kernel"]["weights"]}
+        except KeyError as err:
+            raise ArtifactError(f"{root / meta['weights']} lacks the weight {err}") from err
+    if layer:
+        from .deployed_layer import check_weights  # noqa: PLC0415
+
+        check_weights(meta, weights)
+    else:
+        _check_weights(meta, weights)
     if meta["target"]["family"] != "cuda" and "TVM_NUM_THREADS" not in os.environ:
         # TVM's CPU thread pool reads it once, at its first parallel launch (unset, it was measured slow)
         try:
@@ -259,6 +290,10 @@ def load(path, device_id: int = 0) -> "DeployedCell":
     if meta["target"]["family"] == "cuda":
         _check_cuda_device(device_id, meta["target"].get("arch"))
     module = tvm_ffi.load_module(str((root / meta["kernel"]["library"]).resolve()))
+    if layer:
+        from .deployed_layer import DeployedGRU  # noqa: PLC0415
+
+        return DeployedGRU(meta, module, weights)
     return DeployedCell(meta, module, weights, device_id)
 
 

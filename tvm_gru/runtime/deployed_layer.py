@@ -1,0 +1,328 @@
+"""A GRU layer loaded from an artifact: the Keras v1 ``GRU`` call on the exported whole-sequence kernels.
+
+numpy + apache-tvm-ffi only, like :mod:`.artifact` (which loads the folder and hands the kernels here).
+A layer artifact (``"kind": "layer"``, written by :func:`tvm_gru.export.export_layer`) holds, per batch size,
+the fused whole-sequence kernel of :mod:`tvm_gru.sequence` (the time extent is symbolic: one kernel serves
+every sequence length), its masked variant, and, where the schedule has one, a serial variant for calls of a
+few steps (streaming). The layer's options are fixed at export, as they are at a Keras layer's construction.
+
+Kernel arguments (see ``tvm_gru.sequence.SequenceSpec``): ``x``, ``h0`` (B, H), [``mask`` uint8], the packed
+weights in metadata order, [``sequence``], ``last`` (B, H), ``state`` (B, H), ``reverse`` (int).
+
+>>> layer = tvm_gru_runtime.load("gru_layer")                       # doctest: +SKIP
+>>> seq, h = layer(x_btI, mask=valid_bt)                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm_ffi
+
+from .artifact import ArtifactError, _aligned, _host_array, _unpack
+
+__all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
+
+LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
+
+
+def sequence_weight_shapes(config: dict, input_dim: int, lanes: int) -> dict:
+    """Packed weight shapes of the sequence kernel, in parameter order (``SequenceSpec.weight_shapes``)."""
+    units = int(config["units"])
+    nb = -(-units // lanes)
+    out = {"kernel_packed": (nb, input_dim, 3, lanes)}
+    if config["reset_after"]:
+        out["recurrent_packed"] = (nb, units, 3, lanes)
+    else:
+        out["recurrent_packed"] = (nb, units, 2, lanes)
+        out["candidate_packed"] = (units, nb, lanes)
+    if config["use_bias"]:
+        out["bias_packed"] = (2, 3, nb * lanes)
+    return out
+
+
+def check_weights(meta: dict, weights: dict) -> None:
+    """The packed weights must be exactly what the config implies, in the kernel's order (before any call)."""
+    cfg = meta["config"]
+    try:
+        lanes, input_dim = int(meta["lanes"]), int(meta["input_dim"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"layer metadata lacks a valid lanes/input_dim ({err})") from err
+    if lanes < 1 or input_dim < 1:
+        raise ArtifactError(f"layer metadata has lanes={lanes}, input_dim={input_dim}")
+    expected = sequence_weight_shapes(cfg, input_dim, lanes)
+    if list(meta["kernel"]["weights"]) != list(expected):
+        raise ArtifactError(f"the layer's kernel weights are {list(meta['kernel']['weights'])}; the config "
+                            f"(reset_after={cfg['reset_after']}, use_bias={cfg['use_bias']}) implies {list(expected)}")
+    for name, shape in expected.items():
+        array = weights[name]
+        if (array.shape != shape or array.dtype != np.dtype(cfg["dtype"])
+                or tuple(meta["shapes"].get(name, ())) != shape):
+            raise ArtifactError(f"weight {name} has shape {array.shape} and dtype {array.dtype}; the config "
+                                f"(units={cfg['units']}, input_dim={input_dim}, dtype={cfg['dtype']}, "
+                                f"lanes={lanes}) implies {shape}")
+
+
+def _kernel_view(array: np.ndarray, dtype) -> np.ndarray:
+    """C-contiguous, of the kernel dtype, writeable (DLPack refuses read-only arrays)."""
+    out = np.ascontiguousarray(array, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
+
+
+class _Kernels:
+    """The kernels of one batch size: full and serial-short, each plain and masked (masked may be absent)."""
+
+    def __init__(self, module, entry: dict):
+        def get(key):
+            name = entry.get(key)
+            if name is None:
+                return None
+            try:
+                return module[name]
+            except (AttributeError, KeyError, RuntimeError, ValueError) as err:
+                raise ArtifactError(f"kernel library has no function {name!r} ({err})") from err
+
+        self.full, self.masked = get("full"), get("masked")
+        self.short, self.short_masked = get("short"), get("short_masked")
+        self.short_steps = int(entry.get("short_steps", 0)) if self.short is not None else 0
+        if self.full is None:
+            raise ArtifactError(f"layer kernel entry {entry} names no 'full' function")
+
+    def pick(self, steps: int, masked: bool):
+        if masked:
+            if self.masked is None:
+                raise ValueError("this artifact was exported without masking support (export_layer(..., "
+                                 "masking=False)); call without `mask` or export again with masking=True")
+            return self.short_masked if steps <= self.short_steps else self.masked
+        return self.short if steps <= self.short_steps else self.full
+
+
+class DeployedGRU:
+    """A Keras v1 GRU layer loaded from an artifact: ``layer(inputs, mask=None, training=None, initial_state=None)``.
+
+    Options (fixed at export, as at a Keras layer's construction): ``return_sequences``, ``return_state``,
+    ``go_backwards``, ``stateful`` (with :meth:`reset_states` / :attr:`states`), ``time_major``,
+    ``zero_output_for_mask``. Inputs are numpy arrays or host DLPack tensors; float inputs are cast to the
+    layer dtype; outputs are numpy arrays.
+
+    Inference only: ``training=True`` on a layer exported with ``dropout`` or ``recurrent_dropout`` > 0 raises
+    ``ValueError`` (the artifact has no dropout kernels, and silently returning the no-dropout result would
+    not be what was asked for); with both rates 0, ``training`` changes nothing, as in Keras.
+
+    Attributes
+    ----------
+    config : dict
+        The :class:`tvm_gru.GRUConfig` fields (units, activations, reset_after, dropout, dtype, ...).
+    input_dim, units : int
+    batch_sizes : tuple of int
+        Batch sizes with compiled kernels (any sequence length runs on them).
+    target : dict
+        ``family`` ("x86" or "aarch64") and the TVM target the kernels were compiled for.
+    metadata : dict
+        The whole metadata file.
+    """
+
+    def __init__(self, meta: dict, module, weights: dict):
+        self.metadata = meta
+        self.config = dict(meta["config"])
+        flags = meta["layer"]
+        for flag in LAYER_FLAGS:
+            setattr(self, flag, bool(flags.get(flag, False)))
+        self.name = str(flags.get("name", "gru"))
+        self.input_dim = int(meta["input_dim"])
+        self.units = int(self.config["units"])
+        self.dtype = np.dtype(self.config["dtype"])
+        self.target = meta["target"]
+        self._host_weights = [_aligned(weights[n]) for n in meta["kernel"]["weights"]]
+        self._wargs = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
+        self._kernels = {int(b): _Kernels(module, entry) for b, entry in meta["kernel"]["functions"].items()}
+        self.batch_sizes = tuple(sorted(self._kernels))
+        self._module = module  # keeps the library loaded
+        self._zeros = {}
+        self._states = None  # stateful: [current, spare] (B, H), swapped after each call
+
+    # ------------------------------------------------------------------ Keras-like properties
+    @property
+    def reverse(self) -> int:
+        return int(self.go_backwards)
+
+    def get_config(self) -> dict:
+        """The tf_keras ``GRU.get_config()`` dict of the exported layer."""
+        return dict(self.metadata["keras_config"])
+
+    def get_weights(self) -> list:
+        """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H)(, bias)]`` (unpacked copies)."""
+        w = dict(zip(self.metadata["kernel"]["weights"], self._host_weights))
+        units = self.units
+        kernel = _unpack(w["kernel_packed"], units, True)
+        recurrent = _unpack(w["recurrent_packed"], units, True)
+        if "candidate_packed" in w:  # reset_after=False: (H, NB, V), rows of the candidate's columns
+            cand = w["candidate_packed"]
+            recurrent = np.concatenate([recurrent, cand.reshape(cand.shape[0], -1)[:, :units]], axis=1)
+        out = [kernel, recurrent]
+        if "bias_packed" in w:
+            rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)
+            out.append(rows.copy() if self.config["reset_after"] else rows[0].copy())
+        return out
+
+    @property
+    def states(self) -> list:
+        """Stateful layers: ``[state (B, H)]`` (a copy) once the batch size is known; otherwise ``[None]``."""
+        return [None] if self._states is None else [self._states[0].copy()]
+
+    def get_initial_state(self, inputs) -> np.ndarray:
+        x = _host_array("inputs", inputs)
+        batch = x.shape[1] if self.time_major else x.shape[0]
+        return np.zeros((batch, self.units), self.dtype)
+
+    def reset_states(self, states=None) -> None:
+        """Zero the state of a stateful layer, or set it to ``states`` (a (B, H) array or a list of one)."""
+        if not self.stateful:
+            raise AttributeError("Layer must be stateful.")
+        if states is None:
+            if self._states is not None:
+                for s in self._states:
+                    s[...] = 0
+            return
+        if isinstance(states, (list, tuple)):
+            if len(states) != 1:
+                raise ValueError(f"Layer {self.name} expects 1 state, but it received {len(states)} state values.")
+            states = states[0]
+        value = _host_array("states", states)
+        batch = self._states[0].shape[0] if self._states is not None else value.shape[0]
+        if value.shape != (batch, self.units):
+            raise ValueError(f"State 0 is incompatible with layer {self.name}: expected shape "
+                             f"{(batch, self.units)} but found {value.shape}")
+        self._check_batch(batch)
+        if self._states is None:
+            self._states = [np.zeros(value.shape, self.dtype) for _ in range(2)]
+        self._states[0][...] = value
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
+        if self.return_sequences:
+            out = (steps, batch, self.units) if self.time_major else (batch, steps, self.units)
+        else:
+            out = (batch, self.units)
+        return [out, (batch, self.units)] if self.return_state else out
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, inputs, mask=None, training=None, initial_state=None):
+        """Run the whole sequence (any length) with the exported kernels.
+
+        Parameters
+        ----------
+        inputs : (B, T, I) array or host DLPack tensor ((T, B, I) when ``time_major``); or a list
+            ``[inputs, initial_state]`` as Keras accepts. B must be one of :attr:`batch_sizes`.
+        mask : (B, T) bool array ((T, B) when ``time_major``), optional
+            False = the step is padding: the state is kept and the previous output repeated (zeros with
+            ``zero_output_for_mask``).
+        training : bool or None
+            Deployed layers are inference-only: True raises ``ValueError`` when the layer has dropout.
+        initial_state : (B, H) array or a list of one, optional
+            Overrides the zero (or, when stateful, the carried) initial state.
+
+        Returns
+        -------
+        output : (B, T, H) if ``return_sequences`` else (B, H); with ``return_state``: ``[output, state]``
+        """
+        if training and (self.config.get("dropout", 0.0) > 0 or self.config.get("recurrent_dropout", 0.0) > 0):
+            raise ValueError(f"this deployed GRU layer is inference-only: it was exported with dropout="
+                             f"{self.config['dropout']}, recurrent_dropout={self.config['recurrent_dropout']}, "
+                             "which apply only in training, and the artifact has no dropout kernels. Call it "
+                             "with training=False or None (the Keras inference result), or train with tvm_gru.GRU")
+        if isinstance(inputs, (list, tuple)):
+            if not inputs:
+                raise ValueError("`inputs` is an empty list")
+            if len(inputs) > 1:
+                if initial_state is not None:
+                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
+                initial_state = list(inputs[1:])
+            inputs = inputs[0]
+        x = _host_array("inputs", inputs)
+        layout = "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
+        if x.ndim != 3:
+            raise ValueError(f"`inputs` must have rank 3 {layout}; received shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"`inputs` must hold floating point values; received dtype {x.dtype}")
+        if x.shape[2] != self.input_dim:
+            raise ValueError(f"`inputs` must have {self.input_dim} features (the layer was exported for input_dim="
+                             f"{self.input_dim}); received shape {x.shape}")
+        x = _kernel_view(x, self.dtype)
+        batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
+        if batch:
+            self._check_batch(batch)
+        h0 = self._initial_state(initial_state, batch)
+        valid = self._mask(mask, x.shape[:2]) if mask is not None else None
+        if batch == 0 or steps == 0:
+            return self._empty_call(x.shape, batch, h0)
+        fn = self._kernels[batch].pick(steps, valid is not None)
+        shape = (batch, self.units)
+        seq = None
+        if self.return_sequences:
+            seq = np.empty((steps, *shape) if self.time_major else (batch, steps, self.units), self.dtype)
+        last = np.empty(shape, self.dtype)
+        state = self._states[1] if self.stateful else np.empty(shape, self.dtype)
+        if h0 is None:
+            h0 = self._zeros.get(batch)
+            if h0 is None:
+                h0 = self._zeros[batch] = np.zeros(shape, self.dtype)
+        args = [x, h0] + ([valid] if valid is not None else []) + list(self._wargs)
+        args += ([seq] if seq is not None else []) + [last, state, self.reverse]
+        fn(*args)
+        if self.stateful:  # the kernel wrote the new state into the spare buffer: it becomes current
+            self._states.reverse()
+        out = seq if seq is not None else last
+        if self.return_state:
+            return [out, state.copy() if self.stateful else state]
+        return out
+
+    def _check_batch(self, batch: int) -> None:
+        if batch not in self._kernels:
+            raise ValueError(f"this artifact has kernels for batch sizes {list(self.batch_sizes)}; received "
+                             f"batch {batch} (export with batch=[..., {batch}])")
+
+    def _initial_state(self, initial_state, batch):
+        if self.stateful:
+            if self._states is None:
+                self._states = [np.zeros((batch, self.units), self.dtype) for _ in range(2)]
+            elif self._states[0].shape[0] != batch:
+                raise ValueError(f"Layer {self.name} is stateful with batch size {self._states[0].shape[0]}; "
+                                 f"received inputs with batch size {batch} (call reset_states or load it again)")
+        if initial_state is not None:
+            if isinstance(initial_state, (list, tuple)):
+                if len(initial_state) != 1:
+                    raise ValueError(f"Layer {self.name} expects 1 initial state, received {len(initial_state)}")
+                initial_state = initial_state[0]
+            h0 = _host_array("initial_state", initial_state)
+            if h0.shape != (batch, self.units):
+                raise ValueError(f"`initial_state` must have shape {(batch, self.units)}; received {h0.shape}")
+            if h0.dtype.kind != "f":
+                raise TypeError(f"`initial_state` must hold floating point values; received dtype {h0.dtype}")
+            return _kernel_view(h0, self.dtype)
+        return self._states[0] if self.stateful else None  # None: zeros
+
+    def _mask(self, mask, leading):
+        valid = _host_array("mask", mask)
+        if valid.shape != tuple(leading):
+            layout = "(time, batch)" if self.time_major else "(batch, time)"
+            raise ValueError(f"`mask` must have shape {layout} = {tuple(leading)}; received {valid.shape}")
+        if valid.dtype == np.bool_ and valid.flags.c_contiguous and valid.flags.writeable:
+            return valid.view(np.uint8)
+        return np.ascontiguousarray(valid != 0, dtype=np.uint8)
+
+    def _empty_call(self, shape, batch, h0):
+        if self.return_sequences:
+            out = np.zeros((shape[0], shape[1], self.units), self.dtype)
+        else:
+            out = np.zeros((batch, self.units), self.dtype)
+        state = np.zeros((batch, self.units), self.dtype) if h0 is None else np.array(h0)
+        return [out, state] if self.return_state else out
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"DeployedGRU(units={self.units}, input_dim={self.input_dim}, activation={c['activation']!r}, "
+                f"recurrent_activation={c['recurrent_activation']!r}, reset_after={c['reset_after']}, "
+                f"return_sequences={self.return_sequences}, return_state={self.return_state}, "
+                f"go_backwards={self.go_backwards}, stateful={self.stateful}, time_major={self.time_major}, "
+                f"target={self.target['family']}, batch_sizes={list(self.batch_sizes)})")
