@@ -10,8 +10,10 @@ export    write a deployable artifact (see ``tvm_gru.export``)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -51,14 +53,43 @@ def _demo(args) -> int:
     return 0 if err <= tol else 1
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int > 0 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def target_name(text: str) -> str:
+    from .targets import FRIENDLY  # noqa: PLC0415  (no TVM import)
+
+    if text.lower() not in FRIENDLY:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FRIENDLY)}, got {text!r}")
+    return text.lower()
+
+
 def _add_shape_args(p, batch=1, input_dim=256, units=256):
-    p.add_argument("--units", type=int, default=units)
-    p.add_argument("--input-dim", type=int, default=input_dim)
-    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--units", type=positive_int, default=units)
+    p.add_argument("--input-dim", type=positive_int, default=input_dim)
+    p.add_argument("--batch", type=positive_int, default=batch)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--reset-after", action="store_true")
     p.add_argument("--implementation", type=int, default=1, choices=[1, 2])
-    p.add_argument("--target", default=None, help="host (default), x86, aarch64, cuda")
+    p.add_argument("--target", type=target_name, default=None, help="host (default), x86, aarch64, cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compile, run, check and time a GRU cell on this machine")
     _add_shape_args(demo)
-    demo.add_argument("--calls", type=int, default=2000)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--calls", type=positive_int, default=2000)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.set_defaults(func=_demo)
     for register in _extensions():
         register(sub, _add_shape_args)
@@ -87,9 +118,52 @@ def _extensions():
     return out
 
 
+def _check_export_files(args, error) -> None:
+    """Name the option whose file is missing or unreadable before anything is compiled."""
+    if getattr(args, "config", None) and getattr(args, "onnx", None):
+        error("argument --onnx: not allowed with argument --config (the model comes from one of them)")
+    for option in ("config", "weights", "onnx"):
+        value = getattr(args, option, None)
+        if value and not Path(value).is_file():
+            error(f"argument --{option}: file not found: {value}")
+    if getattr(args, "weights", None) and not getattr(args, "config", None):
+        error("argument --weights: needs --config (the weights fill the cell the config describes)")
+    if getattr(args, "config", None):
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            error(f"argument --config: {args.config} is not a JSON file ({err})")
+        if not isinstance(config, dict):
+            error(f"argument --config: expected a JSON object (a Keras GRUCell config), got {type(config).__name__}")
+    if getattr(args, "weights", None):
+        try:
+            with np.load(args.weights, allow_pickle=False) as data:
+                if not hasattr(data, "files"):
+                    error(f"argument --weights: {args.weights} is a single .npy array, expected a .npz archive")
+        except (OSError, ValueError, EOFError) as err:
+            error(f"argument --weights: {args.weights} is not a .npz archive ({err})")
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not getattr(args, "overwrite", False):
+        error(f"argument --out: {out} exists; pass --overwrite to replace it")
+    batches = getattr(args, "batches", None)
+    if batches:
+        try:
+            args.batches = ",".join(str(positive_int(b.strip())) for b in batches.split(","))
+        except argparse.ArgumentTypeError:
+            error(f"argument --batches: expected comma-separated positive integers, got {batches!r}")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001  (its error names the command)
+    if args.command == "export":
+        _check_export_files(args, sub.error)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        # library errors already name the argument; print them like argparse does, without a traceback
+        sub.error(f"{type(err).__name__}: {err}")
 
 
 if __name__ == "__main__":

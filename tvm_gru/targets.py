@@ -59,6 +59,12 @@ def _friendly_dict(name: str, options: dict) -> dict:
         raise ValueError(f"target {name!r} does not take {unknown}; its options are {list(_OPTIONS[name])}")
     if name == "host":
         out = _host_dict()
+        mcpu = options.get("mcpu", out["mcpu"])
+        allowed = ARM_MCPUS if "mtriple" in out else X86_MCPUS
+        if mcpu != out["mcpu"] and mcpu not in allowed:
+            # LLVM aborts the whole process on some CPUs (e.g. 32-bit-only 'pentium' with a 64-bit triple)
+            raise ValueError(f"target host: unsupported mcpu {mcpu!r}; expected this machine's CPU "
+                             f"{out['mcpu']!r} or one of {allowed}")
         out.update(options)
         return out
     if name == "x86":
