@@ -3,7 +3,9 @@
 The venv is made with ``python -m venv`` and ``pip install apache-tvm-ffi==0.1.14.post1 numpy`` (pip's own
 cache makes it quick after the first time). An artifact exported here (parallel kernels, so the bundled
 libtvm_runtime.so is used) is loaded there twice: through ``tvm_gru`` (the repository on PYTHONPATH) and
-through the copy of the runtime bundled in the artifact, with numpy and DLPack inputs.
+through the copy of the runtime bundled in the artifact, with numpy and DLPack inputs. A GRU *layer* artifact
+(whole-sequence kernels) is run the same two ways: two sequence lengths, a mask, an initial state, and
+stateful streaming chunk by chunk.
 """
 
 from __future__ import annotations
@@ -105,6 +107,87 @@ def test_minimal_venv_runs_artifact(minimal_venv, host_artifact, tmp_path, mode)
         for key in got.files:
             err = float(np.max(np.abs(got[key] - ref)))
             assert err <= tolerance("float32", ref), f"{key}: {err:.3e}"
+
+
+LAYER_SCRIPT = r"""
+import json, sys
+import numpy as np
+try:
+    import tvm  # noqa: F401
+    raise SystemExit("apache-tvm is importable in the minimal venv")
+except ModuleNotFoundError:
+    pass
+mode, art, stream_art, inputs, out_path = sys.argv[1:6]
+if mode == "package":
+    from tvm_gru import load
+else:
+    sys.path.insert(0, art + "/python")
+    from tvm_gru_runtime import load
+import tvm_ffi
+layer = load(art)
+data = np.load(inputs)
+x, x_long, mask, h0 = data["x"], data["x_long"], data["mask"], data["h0"]
+seq, state = layer(x)
+seq_long, state_long = layer(tvm_ffi.from_dlpack(x_long))               # another T, a DLPack tensor
+seq_masked, state_masked = layer(x, mask=mask, initial_state=[h0])
+stream = load(stream_art)
+pieces = [stream(x_long[:, a:b]) for a, b in ((0, 1), (1, 2), (2, 5), (5, x_long.shape[1]))]
+np.savez(out_path, seq=seq, state=state, seq_long=seq_long, state_long=state_long, seq_masked=seq_masked,
+         state_masked=state_masked, streamed=np.concatenate(pieces, axis=1))
+print(json.dumps({"tvm_modules": sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")),
+                  "type": type(layer).__name__, "runtime_libs": [e["path"] for e in layer.metadata["runtime_libs"]]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def layer_artifacts(tmp_path_factory):
+    """A return_sequences + return_state layer and its stateful twin (same weights), with in-process results."""
+    root = tmp_path_factory.mktemp("layer_art")
+    kwargs = dict(reset_after=True, recurrent_activation="sigmoid", return_sequences=True)
+    layer = tvm_gru.GRU(128, return_state=True, seed=5, **kwargs)  # two-core schedule on a multi-core host
+    layer.build((2, None, 64))
+    stream = tvm_gru.GRU(128, stateful=True, seed=5, **kwargs)
+    stream.set_weights(layer.get_weights())
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (2, 6, 64)).astype("float32")
+    x_long = rng.uniform(-1, 1, (2, 23, 64)).astype("float32")
+    mask = np.arange(6)[None, :] < np.array([[6], [4]])
+    h0 = rng.uniform(-1, 1, (2, 128)).astype("float32")
+    np.savez(root / "inputs.npz", x=x, x_long=x_long, mask=mask, h0=h0)
+    expected = {}
+    expected["seq"], expected["state"] = layer(x)
+    expected["seq_long"], expected["state_long"] = layer(x_long)
+    expected["seq_masked"], expected["state_masked"] = layer(x, mask=mask, initial_state=[h0])
+    expected["streamed"] = expected["seq_long"]
+    # the float64 Keras RNN oracle for the unmasked long sequence
+    outs = reference.sequence(layer.cell.config, x_long.transpose(1, 0, 2), np.zeros((2, 128)), *layer.get_weights())
+    assert np.max(np.abs(expected["seq_long"] - outs.transpose(1, 0, 2))) <= tolerance("float32", outs)
+    art = layer.export(root / "layer", target="host", batch=2)
+    stream_art = stream.export(root / "stream", target="host", batch=2)
+    return art, stream_art, root / "inputs.npz", expected
+
+
+@pytest.mark.parametrize("mode", ["package", "bundled"])
+def test_minimal_venv_runs_layer_artifact(minimal_venv, layer_artifacts, tmp_path, mode):
+    art, stream_art, inputs, expected = layer_artifacts
+    script = tmp_path / "run_layer.py"
+    script.write_text(LAYER_SCRIPT)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "TVM_NUM_THREADS": "2"}
+    if mode == "package":
+        env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([str(minimal_venv), str(script), mode, str(art), str(stream_art), str(inputs),
+                           str(tmp_path / "o.npz")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["tvm_modules"] == [] and info["type"] == "DeployedGRU"
+    assert info["runtime_libs"] == ["lib/libtvm_runtime.so"]
+    with np.load(tmp_path / "o.npz") as got:
+        assert sorted(got.files) == sorted(expected)
+        for key, want in expected.items():
+            assert got[key].shape == want.shape
+            err = float(np.max(np.abs(got[key] - want)))
+            assert err <= 1e-6, f"{key}: {err:.3e}"
 
 
 def test_runtime_package_imports_only_numpy_and_tvm_ffi():
