@@ -149,7 +149,7 @@ def test_applied_record_computes_the_cell(logs):
 
 @pytest.mark.parametrize("change", [
     {"units": 24}, {"input_dim": 16}, {"batch": 2}, {"dtype": "float64"}, {"reset_after": True},
-    {"recurrent_activation": "sigmoid"}, {"implementation": 2},
+    {"recurrent_activation": "sigmoid"}, {"use_bias": False}, {"activation": "relu"},
 ], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_record_for_another_workload_is_never_applied(logs, change):
     target = targets.resolve(None)
@@ -157,6 +157,15 @@ def test_record_for_another_workload_is_never_applied(logs, change):
     shape = {k: change.pop(k) for k in ("units", "input_dim", "batch") if k in change}
     other = _spec(target, **{**SMALL, **shape}, **change)
     assert tuning_db.lookup(compute.step_primfunc(other), target) is None
+
+
+def test_implementations_share_one_workload_on_simd_targets(logs):
+    """Without dropout, implementation 1 and 2 are the same kernel on SIMD targets (one gate-interleaved
+    packing; see tvm_gru.packing), so a record tuned for one serves the other."""
+    target = targets.resolve(None)
+    _write_record(tuning_db.db_dir(target), _spec(target), target, seconds=1e-9, hand_seconds=1.0)
+    other = _spec(target, implementation=2)
+    assert tuning_db.lookup(compute.step_primfunc(other), target) is not None
 
 
 @pytest.mark.parametrize("other", [{"name": "host", "num-cores": 1}, "x86"], ids=["other-core-count", "haswell"])

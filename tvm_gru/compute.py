@@ -2,9 +2,10 @@
 
 Stages are named so schedules can find them with ``sch.get_sblock(name)``:
 
-``x_proj`` / ``x_proj_z``, ``x_proj_r``, ``x_proj_h``
-    input products, fused over the three gates (implementation 2) or one per gate (implementation 1).
-``h_proj`` / ``h_proj_z``, ``h_proj_r`` [, ``h_proj_h``]
+``x_proj`` (B, NB, 3, V) / ``x_proj_z``, ``x_proj_r``, ``x_proj_h``
+    input products: one reduction with a gate axis over the gate-interleaved packing (every SIMD target,
+    both implementations), or one per gate (implementation 1 with the V = 1 gate-major packing).
+``h_proj`` (B, NB, G, V) / ``h_proj_z``, ``h_proj_r`` [, ``h_proj_h``]
     recurrent products for the gates that do not depend on r (all three when ``reset_after``).
 ``gates`` (reset_after=False only)
     (B, 3, Hp): z, r and the candidate's input pre-activation ``x K_h + b_h``.
@@ -33,9 +34,10 @@ GATES = ("z", "r", "h")
 def _products(name, vec, weight, gates, spec, fused):
     """Products ``sum_k vec(g, b, k) * W_g[k, u]`` of the packed ``weight`` for each gate g in ``gates``.
 
-    ``fused`` (implementation 2): one reduction over the gate-interleaved (NB, K, G, V) weight.
-    Otherwise (implementation 1): one reduction per gate over its own (NB, K, V) slab of (G, NB, K, V),
-    each with its own input vector (Keras applies a different dropout mask per gate).
+    ``fused``: one reduction over the gate-interleaved (NB, K, G, V) weight, with a gate axis, so a
+    schedule can keep all gates of a unit block in registers over one pass of k. ``vec`` may depend on the
+    gate (implementation 1 applies a different dropout mask per gate); ``gates`` are consecutive.
+    Otherwise (gate-major (G, NB, K, V) weight): one reduction per gate.
 
     Returns ``get(g, b, u)``, reading the product of gate ``g`` at unit ``u``.
     """
@@ -45,7 +47,8 @@ def _products(name, vec, weight, gates, spec, fused):
     if fused:
         k = te.reduce_axis((0, depth), "k")
         prod = te.compute((batch, nb, len(gates), lanes),
-                          lambda b, n, g, v: te.sum(vec(gates[0], b, k) * weight[n, k, g, v], axis=k), name=name)
+                          lambda b, n, g, v: te.sum(vec(gates[0] + g, b, k) * weight[n, k, g, v], axis=k),
+                          name=name)
         return lambda g, b, u: prod[b, u // lanes, slot[g], u % lanes]
 
     def one_gate(g):
@@ -79,15 +82,16 @@ def step_tensors(spec: StepSpec):
     x = te.placeholder((B, I), dt, "x")
     h = te.placeholder((B, H), dt, "h")
     depth = {"kernel": I, "recurrent_kernel": H}
+    packed = packing.layout(c, V)
     weights = {name: te.placeholder(packing.packed_shape(depth[src], H, V, gates, fused), dt, name)
-               for name, (src, gates, fused) in packing.layout(c).items()}
+               for name, (src, gates, fused) in packed.items()}
     bias = te.placeholder((2, 3, NB * V), dt, "bias_packed") if c.use_bias else None
     mx = te.placeholder((spec.input_masks, B, I), dt, "input_mask") if spec.input_masks else None
     mh = te.placeholder((3, B, H), dt, "recurrent_mask") if spec.recurrent_masks else None
     params = [x, h, *weights.values()] + [t for t in (bias, mx, mh) if t is not None]
 
-    def x_in(g, b, k):  # impl 2 has one input mask shared by the gates
-        return x[b, k] * mx[min(g, spec.input_masks - 1), b, k] if mx is not None else x[b, k]
+    def x_in(g, b, k):  # impl 2 has one input mask shared by the gates; ``g`` may be an expression
+        return x[b, k] * mx[g if spec.input_masks > 1 else 0, b, k] if mx is not None else x[b, k]
 
     def h_in(g, b, k):
         return h[b, k] * mh[g, b, k] if mh is not None else h[b, k]
@@ -97,7 +101,7 @@ def step_tensors(spec: StepSpec):
 
     f = activations.get(c.recurrent_activation).te
     act = activations.get(c.activation).te
-    fused = c.implementation == 2
+    fused = packed["kernel_packed"][2]  # all packed weights share one layout
     xp = _products("x_proj", x_in, weights["kernel_packed"], (0, 1, 2), spec, fused)
     h_gates = (0, 1, 2) if c.reset_after else (0, 1)
     hp = _products("h_proj", h_in, weights["recurrent_packed"], h_gates, spec, fused)

@@ -6,9 +6,13 @@ once at ``set_weights`` time:
 
     packed[n, k, g, v] = W[k, g*H + n*V + v]      (zero where n*V + v >= H)
 
-shape (NB, K, 3, V) with NB = ceil(H/V). For one block of V units the inner loop over k reads one
-contiguous run of 3*V values: the z, r and candidate columns of those units, so all three gates come out
+shape (NB, K, G, V) with NB = ceil(H/V). For one block of V units the inner loop over k reads one
+contiguous run of G*V values: the z, r and candidate columns of those units, so all gates come out
 of one pass, each as one SIMD vector, and the gate math can run in the product's epilogue.
+SIMD targets (V > 1) use this layout for both implementations: implementation 1 and 2 compute the same
+column dot products, summed over k in the same order, and differ only in their dropout masks, which the
+kernel applies per gate. With V = 1 (CUDA, one unit per warp), implementation 1 keeps one contiguous row
+of K values per gate and unit: (G, H, K, 1).
 Bias is packed as (2, 3, Hp): row 0 the input bias, row 1 the recurrent bias (zeros unless reset_after).
 """
 
@@ -21,16 +25,16 @@ from .runtime.buffers import aligned_empty
 __all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout"]
 
 
-def layout(config) -> dict:
+def layout(config, lanes: int) -> dict:
     """Which gates each packed weight holds, and whether they are interleaved.
 
     Returns ``{name: (source, gates, fused)}``: ``source`` is "kernel" or "recurrent_kernel", ``gates`` a
-    tuple of gate indices (0=z, 1=r, 2=h), ``fused`` True for the gate-interleaved (NB, K, G, V) layout of
-    implementation 2, False for the gate-major (G, NB, K, V) layout of implementation 1 (one contiguous
-    stream per gate product). With reset_after=False the candidate's recurrent columns are a separate array,
-    read in the second phase.
+    tuple of gate indices (0=z, 1=r, 2=h), ``fused`` True for the gate-interleaved (NB, K, G, V) layout
+    (implementation 2, and every SIMD target), False for the gate-major (G, NB, K, V) layout that
+    implementation 1 keeps at ``lanes == 1`` (one contiguous stream per gate product). With
+    reset_after=False the candidate's recurrent columns are a separate array, read in the second phase.
     """
-    fused = config.implementation == 2
+    fused = config.implementation == 2 or lanes > 1
     out = {"kernel_packed": ("kernel", (0, 1, 2), fused)}
     if config.reset_after:
         out["recurrent_packed"] = ("recurrent_kernel", (0, 1, 2), fused)
@@ -84,7 +88,7 @@ def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int) -> dict:
     """All packed arrays a step kernel takes, by parameter name (see :func:`layout`)."""
     sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
     out = {name: pack_matrix(sources[src], config.units, lanes, config.dtype, gates, fused)
-           for name, (src, gates, fused) in layout(config).items()}
+           for name, (src, gates, fused) in layout(config, lanes).items()}
     if config.use_bias:
         out["bias_packed"] = pack_bias(bias, config.units, lanes, config.dtype)
     return out

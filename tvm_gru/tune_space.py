@@ -22,6 +22,8 @@ import dataclasses
 import itertools
 import logging
 
+from tvm_gru import packing
+
 __all__ = ["SPACES", "hand_rule", "hand_configs", "describe", "space", "config_of"]
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def hand_configs(rule, spec, target) -> list:
             "batch_tile": [d for d in (1, 2, 4, 8) if spec.batch % d == 0],
             "parallel": [False, True] if cores > 1 else [False]}
     axes = {k: v for k, v in axes.items() if k in names}
-    gates = 3 if spec.config.implementation == 2 else 1
+    gates = 3 if packing.layout(spec.config, spec.lanes)["kernel_packed"][2] else 1  # gate-interleaved tile
     out = [base]
     for combo in itertools.product(*axes.values()):
         cfg = dataclasses.replace(base, **dict(zip(axes, combo)))
