@@ -395,7 +395,8 @@ class DeployedCell:
     def get_weights(self) -> list:
         """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H), bias]`` (unpacked copies)."""
         w = dict(zip(self.metadata["kernel"]["weights"], self._host_weights))
-        units, fused = self.units, self.config["implementation"] == 2
+        # Gate-interleaved for implementation 2 and for every SIMD packing (V > 1); see tvm_gru.packing.layout.
+        units, fused = self.units, self.config["implementation"] == 2 or w["kernel_packed"].shape[-1] > 1
         kernel = _unpack(w["kernel_packed"], units, fused)
         recurrent = _unpack(w["recurrent_packed"], units, fused)
         if "candidate_packed" in w:  # reset_after=False keeps the candidate's recurrent columns apart
