@@ -365,3 +365,25 @@ def test_cli_export_seeded_layer_flags(tmp_path):
         np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(0).uniform(-1, 1, (7, 1, 5)).astype("float32")
     np.testing.assert_allclose(deployed(x), ref(x), rtol=0, atol=1e-6)
+
+
+def test_cli_export_layer_from_onnx(tmp_path):
+    onnx_io = pytest.importorskip("tvm_gru.onnx_io")
+    pytest.importorskip("onnx")
+    from tvm_gru import cli  # noqa: PLC0415
+
+    layer = _layer("backwards", seed=6)
+    layer.to_onnx(str(tmp_path / "gru.onnx"))
+    assert cli.main(["export", "--onnx", str(tmp_path / "gru.onnx"), "--layer", "--batches", "2",
+                     "--out", str(tmp_path / "art")]) == 0
+    imported = onnx_io.from_onnx(str(tmp_path / "gru.onnx"))
+    deployed = load(tmp_path / "art")
+    for flag in ("return_sequences", "return_state", "go_backwards", "time_major", "zero_output_for_mask"):
+        assert getattr(deployed, flag) == getattr(imported, flag), flag
+    assert deployed.go_backwards  # the ONNX "reverse" direction survived
+    x = _inputs(imported, 2, 5, seed=9)
+    (seq, state), (want_seq, want_state) = deployed(x), imported(x)
+    np.testing.assert_allclose(seq, want_seq, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(state, want_state, rtol=0, atol=1e-6)
+    outs, final = _oracle(imported, x.astype(np.float64))
+    _check(state, final, "float32")
