@@ -62,6 +62,67 @@ def test_soak_million_steps_no_leak():
     assert np.isfinite(h).all()
 
 
+def _stream_sizes(frames: int):
+    """Call sizes of the streaming soak: one frame per call for the first half, then small chunks."""
+    chunks = (1, 2, 3, 5, 8, 13, 4, 1, 1, 2)
+    done, k = 0, 0
+    while done < frames:
+        n = 1 if done < frames // 2 else min(chunks[k % len(chunks)], frames - done)
+        k += 1
+        yield done, n
+        done += n
+
+
+def test_streaming_soak_stateful_layer_no_leak_and_same_state():
+    """A million frames through a stateful GRU layer, one frame (then small chunks) per call: resident memory and
+    open files stay flat, and the streamed states equal one whole-sequence call on the same frames."""
+    import time
+
+    import psutil
+
+    units, dim, frames = 16, 8, 1_000_000
+    layer = tvm_gru.GRU(units, stateful=True, return_sequences=True, seed=0, bias_initializer="random_uniform")
+    xs = np.random.default_rng(1).uniform(-1, 1, (1, frames, dim)).astype(np.float32)
+    for start, n in _stream_sizes(5_000):  # warm up: compile (one-frame and chunk kernels), allocator pools
+        layer(xs[:, start:start + n])
+    layer.reset_states()
+    proc = psutil.Process()
+    rss0, fds0 = proc.memory_info().rss, proc.num_fds()
+    checkpoints, calls = {}, 0
+    t0 = time.perf_counter()
+    for start, n in _stream_sizes(frames):
+        out = layer(xs[:, start:start + n])
+        calls += 1
+        if (start + n) // 100_000 != start // 100_000:  # a state every 100k frames, compared below
+            checkpoints[start + n] = out[:, -1].copy()
+    seconds = time.perf_counter() - t0
+    growth = proc.memory_info().rss - rss0
+    fds = proc.num_fds()
+    final = layer.states[0]
+    print(f"streaming soak: {frames} frames in {calls} calls, {seconds:.2f} s "
+          f"({seconds / calls * 1e6:.1f} us/call), RSS growth {growth / 1024:.0f} KB, fds {fds0} -> {fds}")
+    assert growth < 5 * 2**20, f"resident memory grew by {growth / 1024:.0f} KB over {frames} streamed frames"
+    assert fds <= fds0
+    assert np.isfinite(final).all() and np.abs(final).max() > 1e-3
+
+    whole = tvm_gru.GRU(units, return_sequences=True)
+    whole.set_weights(layer.get_weights())
+    seq = whole(xs)  # one compiled call over all the frames
+    np.testing.assert_allclose(final, seq[:, -1], rtol=0, atol=1e-6)
+    for end, state in checkpoints.items():
+        np.testing.assert_allclose(state, seq[:, end - 1], rtol=0, atol=1e-6, err_msg=f"frame {end}")
+    assert len(checkpoints) == frames // 100_000
+
+    # A short window exactly: 64 one-frame calls == one call on the 64-frame prefix == the numpy reference.
+    layer.reset_states()
+    streamed = np.concatenate([layer(xs[:, t:t + 1]) for t in range(64)], axis=1)
+    np.testing.assert_array_equal(streamed, seq[:, :64])
+    np.testing.assert_array_equal(layer.states[0], whole(xs[:, :64])[:, -1])
+    ref = reference.sequence(layer.cell.config, xs[:, :64].transpose(1, 0, 2), np.zeros((1, units)),
+                             *layer.get_weights())
+    np.testing.assert_allclose(streamed[0], ref[:, 0], rtol=0, atol=tolerance("float32", ref))
+
+
 # Keep the compiled-kernel count bounded: few distinct shapes, many configs.
 _ACTS = activations.names()
 _SAFE = [a for a in _ACTS if a not in ("exponential", "linear", "relu", "relu6", "leaky_relu", "elu", "selu",
