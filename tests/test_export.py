@@ -171,12 +171,23 @@ def test_overwrite_and_float64_no_bias(tmp_path):
     assert np.max(np.abs(deployed(x, [h])[0] - ref)) <= tolerance("float64", ref)
 
 
-@pytest.mark.skipif(not hasattr(tvm_gru.GRUCell, "export"), reason="GRUCell.export not wired yet")
 def test_cell_export_method(tmp_path):
     cell = _cell(units=8, input_dim=4)
     path = cell.export(tmp_path / "m", target="host")
     x, h = np.ones((1, 4), "float32"), np.zeros((1, 8), "float32")
     np.testing.assert_allclose(load(path)(x, [h])[0], cell(x, [h])[0], atol=1e-6)
+
+
+def test_deployed_cell_with_dropout_is_inference_only(tmp_path):
+    """Keras would apply dropout with training=True; the artifact has no dropout kernels, so it refuses."""
+    cell = _cell(units=8, input_dim=4, dropout=0.3, recurrent_dropout=0.2)
+    deployed = load(cell.export(tmp_path / "d", target="host"))
+    x, h = np.ones((1, 4), "float32"), np.full((1, 8), 0.25, "float32")
+    with pytest.raises(ValueError, match=r"`training`=True.*dropout=0\.3"):
+        deployed(x, [h], training=True)
+    ref = reference.step(cell.config, x, h, *cell.get_weights())
+    for training in (None, False):
+        assert np.max(np.abs(deployed(x, [h], training=training)[0] - ref)) <= tolerance("float32", ref)
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -427,8 +427,10 @@ class DeployedCell:
         ----------
         inputs : (B, I) numpy array or DLPack tensor; B must be one of :attr:`batch_sizes`
         states : list/tuple holding a (B, H) array (only ``states[0]`` is read), or a bare (B, H) array
-        training : ignored
-            Deployed cells are inference-only (dropout never applies).
+        training : bool or None
+            Deployed cells are inference-only: ``training=True`` on a cell exported with ``dropout`` or
+            ``recurrent_dropout`` > 0 raises ``ValueError`` (Keras would apply dropout, and the artifact has no
+            dropout kernels); with both rates 0 it changes nothing, as in Keras.
 
         Returns
         -------
@@ -437,6 +439,11 @@ class DeployedCell:
             DLPack-exportable ``tvm_ffi.Tensor``
         new_states : ``[output]`` for list/tuple states, ``output`` for a bare state
         """
+        if training and (self.config.get("dropout", 0.0) > 0 or self.config.get("recurrent_dropout", 0.0) > 0):
+            raise ValueError(f"`training`={training!r}: this deployed cell was exported with dropout="
+                             f"{self.config.get('dropout')} and recurrent_dropout={self.config.get('recurrent_dropout')}, "
+                             "which apply only in training, and the artifact has no dropout kernels. Call it with "
+                             "training=False or None (the Keras inference result), or train with tvm_gru.GRUCell")
         nested = isinstance(states, (list, tuple))
         if nested and not states:
             raise ValueError("`states` must hold one (batch, units) array; received an empty sequence")
