@@ -46,21 +46,33 @@ def hand_rule(func, spec, target):
 
 
 def hand_configs(rule, spec, target) -> list:
-    """The default config of ``rule`` first, then a grid over the knobs it has (unit_blocks, batch_tile, parallel)."""
+    """The default config of ``rule`` first, then a grid over the knobs it has (tiles, threading, phase layout).
+
+    Knobs that cannot change the kernel of ``spec`` (the candidate phase's with reset_after, batch-inner products
+    at batch 1) are left at their defaults, so no two configs give the same schedule.
+    """
     base = rule.default_config(spec, target) if hasattr(rule, "default_config") else None
     if base is None or not dataclasses.is_dataclass(base):
         return [base]
     names = {f.name for f in dataclasses.fields(base)}
     cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
+    two_phases = not spec.config.reset_after  # the candidate phase's knobs mean nothing otherwise
     axes = {"unit_blocks": [d for d in (1, 2, 4, 8) if spec.blocks % d == 0],
             "batch_tile": [d for d in (1, 2, 4, 8) if spec.batch % d == 0],
-            "parallel": [False, True] if cores > 1 else [False]}
+            "parallel": [False, True] if cores > 1 else [False],
+            "candidate_blocks": [d for d in (2, 4, 8, 12) if spec.blocks % d == 0] if two_phases else [],
+            "one_region": [True, False] if two_phases and cores > 1 else [],
+            "batch_inner": [False, True] if spec.batch > 1 else []}
+    axes = {k: v for k, v in axes.items() if v}
     axes = {k: v for k, v in axes.items() if k in names}
     gates = 3 if packing.layout(spec.config, spec.lanes)["kernel_packed"][2] else 1  # gate-interleaved tile
     out = [base]
     for combo in itertools.product(*axes.values()):
         cfg = dataclasses.replace(base, **dict(zip(axes, combo)))
-        if getattr(cfg, "unit_blocks", 1) * getattr(cfg, "batch_tile", 1) * gates <= MAX_TILE and cfg not in out:
+        rows = getattr(cfg, "batch_tile", 1)
+        fits = getattr(cfg, "unit_blocks", 1) * rows * gates <= MAX_TILE \
+            and getattr(cfg, "candidate_blocks", 1) * rows <= MAX_TILE
+        if fits and cfg not in out:
             out.append(cfg)
     return out
 
