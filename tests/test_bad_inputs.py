@@ -106,3 +106,42 @@ def test_nan_and_inf_propagate_like_the_reference(built):
         ref = reference.step(cell.config, xn, h, *cell.get_weights())
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     np.testing.assert_allclose(out[2:], ref[2:], atol=2e-6)
+
+
+# ------------------------------------------------------------------ 32-bit kernel indices
+# Compiled kernels index their buffers with int32: sizes past 2**31 - 1 elements are refused by name, before any
+# allocation (the inputs below are zero-stride views: no memory behind them).
+def test_weights_past_32_bit_indexing_are_refused(monkeypatch):
+    from tvm_gru import cell as cell_module
+
+    monkeypatch.setattr(cell_module, "_physical_memory", lambda: 1 << 50)  # a machine where they would fit
+    cell = tvm_gru.GRUCell(30000)
+    with pytest.raises(ValueError, match=r"`units`=30000 with `input_dim`=30000 is too large.*32-bit"):
+        cell.build((1, 30000))
+    assert not cell.built
+
+
+def test_batch_past_32_bit_indexing_is_refused(built):
+    cell, x, h = built
+    batch = (2**31 - 1) // (3 * max(cell.input_dim, cell.units)) + 1
+    big_x = np.broadcast_to(x[:1], (batch, x.shape[1]))
+    big_h = np.broadcast_to(h[:1], (batch, h.shape[1]))
+    with pytest.raises(ValueError, match=rf"`inputs` batch size {batch} .*32-bit.*split the batch"):
+        cell(big_x, [big_h])
+    np.testing.assert_allclose(cell(x, [h])[0], reference.step(cell.config, x, h, *cell.get_weights()), atol=2e-6)
+
+
+def test_sequence_past_32_bit_indexing_is_refused(tmp_path):
+    layer = tvm_gru.GRU(8, seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 4)).astype(np.float32)
+    expected = layer(x)
+    limit = (2**31 - 1) // (2 * 24)  # batch * max(input_dim, 3 * padded units)
+    long = np.broadcast_to(x[:, :1], (2, limit + 1, 4))
+    with pytest.raises(ValueError, match=rf"`inputs` has {limit + 1:,} time steps; at batch 2 one call takes at "
+                                         rf"most {limit:,}"):
+        layer(long)
+    np.testing.assert_array_equal(layer(x), expected)
+    deployed = tvm_gru.load(layer.export(tmp_path / "seq", batch=2, masking=False))
+    with pytest.raises(ValueError, match=rf"at most {limit:,}"):
+        deployed(long)
+    np.testing.assert_allclose(deployed(x), expected, atol=1e-6)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import constraints, initializers, regularizers, targets
 from .config import GRUConfig, StepSpec, check_positive_int
-from .inputs import as_array, check_step_args, check_training, kernel_view
+from .inputs import as_array, check_index_range, check_step_args, check_training, kernel_view
 from .packing import pack_weights
 
 __all__ = ["GRUCell"]
@@ -171,6 +171,9 @@ class GRUCell:
                             f"received {input_shape!r}") from err
         input_dim = check_positive_int("input_dim", input_dim)
         check_weight_memory(self.config.units, input_dim, self.config.dtype)
+        padded = -(-self.config.units // 8) * 8  # packed weights pad units to whole SIMD blocks (V <= 8)
+        check_index_range(f"`units`={self.config.units} with `input_dim`={input_dim}",
+                          max(input_dim, self.config.units) * 3 * padded)
         c, dt = self.config, self.config.dtype
         rng = self._rng
 
@@ -330,6 +333,8 @@ class GRUCell:
             check_step_args(x, h, x.shape[1], self.config.units)  # nothing is built from a bad first call
             self.build(x.shape)
         check_step_args(x, h, self.input_dim, self.config.units)
+        check_index_range(f"`inputs` batch size {x.shape[0]} (input_dim={self.input_dim}, units={self.units})",
+                          3 * x.shape[0] * max(self.input_dim, self.units), ": split the batch into smaller calls")
         dt = self.config.dtype
         x = kernel_view(x, dt)
         h = kernel_view(h, dt)

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_array", "check_step_args", "check_training", "kernel_view", "device_name"]
+__all__ = ["as_array", "check_step_args", "check_training", "kernel_view", "device_name", "check_index_range",
+           "INDEX_LIMIT"]
+
+# Compiled kernels index their buffers with 32-bit integers (TE shapes and the sequence length are int32):
+# no buffer may hold more elements, or an index would wrap around and read or write out of bounds.
+INDEX_LIMIT = 2**31 - 1
 
 # DLPack device types (dlpack.h DLDeviceType) that numpy cannot read in place.
 _DEVICE_NAMES = {1: "cpu", 2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi", 10: "rocm",
                  11: "rocm_host", 12: "ext_dev", 13: "cuda_managed", 14: "oneapi", 15: "webgpu", 16: "hexagon",
                  17: "maia"}
+
+
+def check_index_range(what: str, elements: int, hint: str = "") -> None:
+    """Refuse a size whose largest kernel buffer has more than :data:`INDEX_LIMIT` elements (32-bit indices).
+
+    ``what`` names the arguments and their values (e.g. "`units`=30000 with `input_dim`=40000").
+    """
+    if elements > INDEX_LIMIT:
+        raise ValueError(f"{what} is too large: a kernel buffer would hold {elements:,} elements, and compiled "
+                         f"kernels index with 32-bit integers (at most {INDEX_LIMIT:,}){hint}")
 
 
 def device_name(device) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import regularizers
 from .cell import GRUCell, constructor_kwargs
-from .inputs import as_array, check_training
+from .inputs import INDEX_LIMIT, as_array, check_training
 from .sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
 
 __all__ = ["GRU"]
@@ -316,8 +316,9 @@ class GRU:
                              f"{self.input_dim}); received shape {x.shape}")
         self._check_fresh()
         dt = self.cell.dtype
-        x = _kernel_view(x, dt)
         batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
+        check_steps(steps, batch, self.input_dim, self.cell.units)  # before any copy of a huge input
+        x = _kernel_view(x, dt)
         h0 = self._initial_state(initial_state, batch)
         valid = self._mask(mask, x.shape[:2]) if mask is not None else None
         masks = ()
@@ -408,6 +409,22 @@ class GRU:
                 f"return_state={self.return_state}, go_backwards={self.go_backwards}, stateful={self.stateful})")
 
 
+def max_steps(batch: int, input_dim: int, units: int) -> int:
+    """The most time steps one sequence-kernel call takes: its per-call buffers (inputs, input projections of
+    3 * padded units, outputs) grow with the step count and are indexed with 32-bit integers."""
+    padded = -(-units // 8) * 8  # units padded to whole SIMD blocks (V <= 8)
+    return INDEX_LIMIT // max(1, batch * max(input_dim, 3 * padded))
+
+
+def check_steps(steps: int, batch: int, input_dim: int, units: int) -> None:
+    """Refuse a call longer than :func:`max_steps`, naming ``inputs`` and what to do instead."""
+    limit = max_steps(batch, input_dim, units)
+    if steps > limit:
+        raise ValueError(f"`inputs` has {steps:,} time steps; at batch {batch} one call takes at most {limit:,} "
+                         "(compiled kernels index with 32-bit integers): split the sequence and feed the chunks to "
+                         "a stateful layer, or pass each chunk's last state as the next chunk's initial_state")
+
+
 def _kernel_view(array, dtype):
     """``array`` as a C-contiguous array of ``dtype`` the kernel can take (DLPack refuses read-only arrays)."""
     out = np.ascontiguousarray(array, dtype=dtype)
@@ -441,6 +458,9 @@ class _Runner:
         self.dtype = np.dtype(spec.config.dtype)
         self.zeros = np.zeros(shape, self.dtype)
         self.scratch = [np.empty(shape, self.dtype) for _ in range(2)]
+        # The kernel's per-call buffers (inputs, input projections, outputs) grow with the step count, and it
+        # indexes them with 32-bit integers: longer calls are refused (a stateful layer can take them in chunks).
+        self.max_steps = max_steps(spec.batch, spec.input_dim, spec.config.units)
         self.set_weights(packed)
         self.fast = self._make_fast()
 
@@ -499,13 +519,13 @@ class _Runner:
         reverse = int(layer.go_backwards)
         stateful = layer.stateful
         plain = not stateful and not layer.return_state and layer.activity_regularizer is None
-        zeros, finish, outputs = self.zeros, self._finish, self._outputs
+        zeros, finish, outputs, max_steps = self.zeros, self._finish, self._outputs, self.max_steps
 
         def fast(x):
             layer._check_fresh()  # noqa: SLF001
             steps = x.shape[time_axis]
-            if steps == 0:
-                raise ValueError("empty sequence")  # the checked path handles it
+            if steps == 0 or steps > max_steps:
+                raise ValueError("empty or too long sequence")  # the checked path handles it
             h0 = zeros
             if stateful:
                 states = layer._states  # noqa: SLF001

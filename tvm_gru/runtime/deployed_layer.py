@@ -22,6 +22,18 @@ from .artifact import ArtifactError, _aligned, _host_array, _unpack
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
 
+_INDEX_LIMIT = 2**31 - 1  # the kernels index their buffers with 32-bit integers (see tvm_gru.inputs)
+
+
+def _check_steps(steps: int, batch: int, input_dim: int, units: int) -> None:
+    """Refuse a call whose per-call buffers (inputs, input projections, outputs) exceed 32-bit indexing."""
+    limit = _INDEX_LIMIT // max(1, batch * max(input_dim, 3 * (-(-units // 8) * 8)))
+    if steps > limit:
+        raise ValueError(f"`inputs` has {steps:,} time steps; at batch {batch} one call takes at most {limit:,} "
+                         "(compiled kernels index with 32-bit integers): split the sequence and feed the chunks to "
+                         "a stateful layer, or pass each chunk's last state as the next chunk's initial_state")
+
+
 LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
 
 
@@ -248,8 +260,9 @@ class DeployedGRU:
         if x.shape[2] != self.input_dim:
             raise ValueError(f"`inputs` must have {self.input_dim} features (the layer was exported for input_dim="
                              f"{self.input_dim}); received shape {x.shape}")
-        x = _kernel_view(x, self.dtype)
         batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
+        _check_steps(steps, batch, self.input_dim, self.units)  # before any copy of a huge input
+        x = _kernel_view(x, self.dtype)
         if batch:
             self._check_batch(batch)
         h0 = self._initial_state(initial_state, batch)
