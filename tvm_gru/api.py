@@ -51,7 +51,8 @@ def step_spec(cell_or_config, batch: int = 1, input_dim: int | None = None, targ
         input_dim = input_dim if input_dim is not None else cell_or_config.input_dim
         if input_dim is None:
             raise ValueError("the cell is not built: call cell.build(input_shape) or pass `input_dim`")
-    return StepSpec(config, batch=batch, input_dim=input_dim, lanes=targets.lanes(target, config.dtype))
+    return StepSpec(config, batch=batch, input_dim=input_dim, lanes=targets.lanes(target, config.dtype),
+                    weight_dtype=getattr(cell_or_config, "weight_dtype", None))  # a cell's storage dtype
 
 
 def irmodule(cell_or_config, batch: int = 1, input_dim: int | None = None, target=None, name: str = "gru_step"):
@@ -100,4 +101,5 @@ def packed_weights(cell, target=None) -> dict:
     target = targets.resolve(target)
     weights = cell.get_weights()
     bias = weights[2] if cell.config.use_bias else None
-    return pack_weights(cell.config, weights[0], weights[1], bias, targets.lanes(target, cell.config.dtype))
+    return pack_weights(cell.config, weights[0], weights[1], bias, targets.lanes(target, cell.config.dtype),
+                        cell.weight_dtype)

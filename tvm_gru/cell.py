@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from . import constraints, initializers, regularizers, targets
-from .config import GRUConfig, StepSpec, check_positive_int
+from .config import GRUConfig, StepSpec, check_positive_int, check_weight_dtype
 from .inputs import as_array, check_index_range, check_step_args, check_training, kernel_view
 from .packing import pack_weights
 
@@ -95,13 +95,20 @@ class GRUCell:
     seed : int, optional
         Seeds weight initialisation and dropout masks.
     name : str, optional
+    weight_dtype : None, "float32" or "float16"
+        Not a Keras argument: the storage dtype of the packed kernel and recurrent kernel the compiled step
+        streams (None = ``dtype``). "float16" (float32 cells) halves the bytes a step reads; each weight is
+        rounded to the nearest half once, at ``set_weights``/``build``, and widened to float32 before its
+        multiply-add (inputs, states, bias, accumulation and gate math stay float32). ``get_weights()`` returns
+        the float32 weights as set; ``get_config()`` lists ``weight_dtype`` only when it is not the default.
     """
 
     def __init__(self, units, activation="tanh", recurrent_activation="hard_sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
                  kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None, kernel_constraint=None,
                  recurrent_constraint=None, bias_constraint=None, dropout=0.0, recurrent_dropout=0.0,
-                 implementation=1, reset_after=False, dtype="float32", target=None, seed=None, name=None):
+                 implementation=1, reset_after=False, dtype="float32", target=None, seed=None, name=None,
+                 weight_dtype=None):
         self.config = GRUConfig(units=units, activation=activation, recurrent_activation=recurrent_activation,
                                 use_bias=use_bias, reset_after=reset_after, implementation=implementation,
                                 dropout=dropout, recurrent_dropout=recurrent_dropout, dtype=dtype)
@@ -111,6 +118,7 @@ class GRUCell:
                     kernel_constraint=kernel_constraint, recurrent_constraint=recurrent_constraint,
                     bias_constraint=bias_constraint)
         check_weight_memory(self.config.units, None, self.config.dtype)
+        self.weight_dtype = check_weight_dtype(self.config.dtype, weight_dtype)
         for key, value in args.items():
             setattr(self, key, _SERIAL[key].get(value))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -229,7 +237,8 @@ class GRUCell:
         self._repack()
 
     def _repack(self) -> None:
-        self._packed = pack_weights(self.config, self.kernel, self.recurrent_kernel, self.bias, self.lanes)
+        self._packed = pack_weights(self.config, self.kernel, self.recurrent_kernel, self.bias, self.lanes,
+                                    self.weight_dtype)
         for runner in self._runners.values():
             runner.set_weights(self._packed.values())
 
@@ -239,7 +248,8 @@ class GRUCell:
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
-        """A flat dict in the tf_keras ``GRUCell.get_config()`` format (plus ``seed``)."""
+        """A flat dict in the tf_keras ``GRUCell.get_config()`` format (plus ``seed``, and ``weight_dtype`` when
+        it is not the cell dtype)."""
         c = self.config
         cfg = {"name": self.name, "trainable": True, "dtype": c.dtype, "units": c.units,
                "activation": c.activation, "recurrent_activation": c.recurrent_activation, "use_bias": c.use_bias}
@@ -248,6 +258,8 @@ class GRUCell:
             cfg[key] = None if obj is None else module.serialize(obj, with_module=True)
         cfg.update(dropout=c.dropout, recurrent_dropout=c.recurrent_dropout, implementation=c.implementation,
                    reset_after=c.reset_after, seed=self.seed)
+        if self.weight_dtype != c.dtype:  # not a Keras key: only when it changes something
+            cfg["weight_dtype"] = self.weight_dtype
         return cfg
 
     @classmethod
@@ -372,21 +384,23 @@ class GRUCell:
         input_masks = mask_shapes[0][0] if mask_shapes else 0
         recurrent_masks = 3 if len(mask_shapes) == 2 else 0
         spec = StepSpec(self.config, batch=batch, input_dim=self.input_dim, input_masks=input_masks,
-                        recurrent_masks=recurrent_masks, lanes=self.lanes)
+                        recurrent_masks=recurrent_masks, lanes=self.lanes, weight_dtype=self.weight_dtype)
         runner = StepRunner(compile_step(spec, self.target), batch, self.units, self.config.dtype,
                             self._packed.values())
         self._runners[(batch, len(mask_shapes))] = runner
         return runner
 
-    def export(self, path, target=None, batch=1, overwrite=False):
+    def export(self, path, target=None, batch=1, overwrite=False, weight_dtype=None):
         """Write a deployable artifact of this cell (see :func:`tvm_gru.export.export_cell`); returns its folder.
 
-        ``target`` defaults to the cell's own target; ``batch`` is one batch size or a list of them.
+        ``target`` defaults to the cell's own target; ``batch`` is one batch size or a list of them;
+        ``weight_dtype`` ("float32"/"float16") the storage dtype of the exported weight matrices (None: the
+        cell's own ``weight_dtype``).
         """
         from .export import export_cell  # noqa: PLC0415
 
         return export_cell(self, path, target=self.target if target is None else target, batch=batch,
-                           overwrite=overwrite)
+                           overwrite=overwrite, weight_dtype=weight_dtype)
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write one step as an ONNX GRU node (see :func:`tvm_gru.onnx_io.cell_to_onnx`)."""
@@ -398,4 +412,5 @@ class GRUCell:
         c = self.config
         return (f"GRUCell(units={c.units}, activation={c.activation!r}, recurrent_activation="
                 f"{c.recurrent_activation!r}, reset_after={c.reset_after}, implementation={c.implementation}, "
-                f"dtype={c.dtype!r}, target={self.target.kind.name})")
+                f"dtype={c.dtype!r}" + (f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype != c.dtype else "")
+                + f", target={self.target.kind.name})")

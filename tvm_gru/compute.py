@@ -14,7 +14,8 @@ Stages are named so schedules can find them with ``sch.get_sblock(name)``:
 ``h_new``
     (B, H) the new state ``z * h + (1 - z) * hh`` (z, r inline when ``reset_after``).
 
-Weights arrive packed (see :mod:`tvm_gru.packing`).
+Weights arrive packed (see :mod:`tvm_gru.packing`), in ``spec.storage_dtype``: the cell dtype, or float16 for a
+float32 cell (each weight widened to float32 before its multiply-add; accumulation, bias and gate math float32).
 """
 
 from __future__ import annotations
@@ -44,17 +45,22 @@ def _products(name, vec, weight, gates, spec, fused):
     batch, nb, lanes = spec.batch, spec.blocks, spec.lanes
     depth = weight.shape[1] if fused else weight.shape[2]
     slot = {g: i for i, g in enumerate(gates)}
+    dt = spec.config.dtype
+    # Stored narrower than the cell dtype (float16): widen each element before its multiply-add, so the products
+    # accumulate in the cell dtype. Same dtype: no cast at all (the default's TE, and so its tuning records'
+    # structural hashes, are unchanged).
+    w = (lambda *i: weight[i]) if weight.dtype == dt else (lambda *i: weight[i].astype(dt))
     if fused:
         k = te.reduce_axis((0, depth), "k")
         prod = te.compute((batch, nb, len(gates), lanes),
-                          lambda b, n, g, v: te.sum(vec(gates[0] + g, b, k) * weight[n, k, g, v], axis=k),
+                          lambda b, n, g, v: te.sum(vec(gates[0] + g, b, k) * w(n, k, g, v), axis=k),
                           name=name)
         return lambda g, b, u: prod[b, u // lanes, slot[g], u % lanes]
 
     def one_gate(g):
         k = te.reduce_axis((0, depth), "k")
         return te.compute((batch, nb, lanes),
-                          lambda b, n, v: te.sum(vec(g, b, k) * weight[slot[g], n, k, v], axis=k),
+                          lambda b, n, v: te.sum(vec(g, b, k) * w(slot[g], n, k, v), axis=k),
                           name=f"{name}_{GATES[g]}")
 
     stages = {g: one_gate(g) for g in gates}
@@ -83,7 +89,7 @@ def step_tensors(spec: StepSpec):
     h = te.placeholder((B, H), dt, "h")
     depth = {"kernel": I, "recurrent_kernel": H}
     packed = packing.layout(c, V)
-    weights = {name: te.placeholder(packing.packed_shape(depth[src], H, V, gates, fused), dt, name)
+    weights = {name: te.placeholder(packing.packed_shape(depth[src], H, V, gates, fused), spec.storage_dtype, name)
                for name, (src, gates, fused) in packed.items()}
     bias = te.placeholder((2, 3, NB * V), dt, "bias_packed") if c.use_bias else None
     mx = te.placeholder((spec.input_masks, B, I), dt, "input_mask") if spec.input_masks else None

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass
 
 from . import activations
 
-__all__ = ["GRUConfig", "StepSpec", "check_positive_int"]
+__all__ = ["GRUConfig", "StepSpec", "check_positive_int", "check_weight_dtype"]
 
 _DTYPES = ("float32", "float64")
+# Storage dtypes of the packed kernel and recurrent kernel, per cell dtype (the arithmetic stays the cell dtype).
+WEIGHT_DTYPES = {"float32": ("float32", "float16"), "float64": ("float64",)}
 
 
 def check_positive_int(name: str, value) -> int:
@@ -46,6 +48,26 @@ def _dtype(value) -> str:
         name = None
     if name not in _DTYPES:
         raise ValueError(f"`dtype` must be one of {_DTYPES}, received {value!r}")
+    return name
+
+
+def check_weight_dtype(dtype: str, value) -> str:
+    """The storage dtype of the packed kernel/recurrent kernel for a cell of ``dtype`` (None: ``dtype`` itself).
+
+    "float16" (float32 cells only) stores the two weight matrices as IEEE half and widens each element to
+    float32 before its multiply-add: half the bytes a batch-1 step streams, float32 accumulation and gate math.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    if value is None:
+        return dtype
+    try:
+        name = np.dtype(value).name if not isinstance(value, bool) else None
+    except TypeError:
+        name = None
+    allowed = WEIGHT_DTYPES[dtype]
+    if name not in allowed:
+        raise ValueError(f"`weight_dtype` must be None or one of {allowed} for a {dtype} cell, received {value!r}")
     return name
 
 
@@ -122,7 +144,10 @@ class StepSpec:
         Number of dropout mask tensors the kernel multiplies in (0 = inference kernel).
         impl 1: 3 and 3 (one per gate); impl 2: 1 input mask shared by the gates, no recurrent mask.
     lanes : int
-        Width V of the packed weight blocks (the SIMD width of the target, in elements).
+        Width V of the packed weight blocks (the SIMD width of the target, in elements of the cell dtype).
+    weight_dtype : str or None
+        Storage dtype of the packed kernel and recurrent kernel; None (normalised from ``config.dtype``) means
+        the cell dtype. "float16": half-precision storage, widened to float32 before each multiply-add.
     """
 
     config: GRUConfig
@@ -131,6 +156,17 @@ class StepSpec:
     input_masks: int = 0
     recurrent_masks: int = 0
     lanes: int = 8
+    weight_dtype: str | None = None
+
+    def __post_init__(self):
+        name = check_weight_dtype(self.config.dtype, self.weight_dtype)
+        # one spelling for the default, so equal kernels compare and hash equal
+        object.__setattr__(self, "weight_dtype", None if name == self.config.dtype else name)
+
+    @property
+    def storage_dtype(self) -> str:
+        """The dtype the packed kernel and recurrent kernel are stored in."""
+        return self.weight_dtype or self.config.dtype
 
     @property
     def blocks(self) -> int:
@@ -142,4 +178,5 @@ class StepSpec:
         c = self.config
         return (f"H{c.units}-I{self.input_dim}-B{self.batch}-{c.dtype}-{c.activation}-{c.recurrent_activation}"
                 f"-bias{int(c.use_bias)}-ra{int(c.reset_after)}-impl{c.implementation}"
-                f"-mx{self.input_masks}-mh{self.recurrent_masks}-V{self.lanes}")
+                f"-mx{self.input_masks}-mh{self.recurrent_masks}-V{self.lanes}"
+                + (f"-w{self.weight_dtype}" if self.weight_dtype else ""))  # unchanged key for the default

@@ -91,10 +91,11 @@ def aarch64_runtime_lib() -> Path:
 
 
 # ---------------------------------------------------------------------------------------- compile
-def _kernel_specs(cell, batches, lanes):
+def _kernel_specs(cell, batches, lanes, weight_dtype=None):
     from .config import StepSpec  # noqa: PLC0415
 
-    return {b: StepSpec(cell.config, batch=b, input_dim=cell.input_dim, lanes=lanes) for b in batches}
+    return {b: StepSpec(cell.config, batch=b, input_dim=cell.input_dim, lanes=lanes, weight_dtype=weight_dtype)
+            for b in batches}
 
 
 def compile_kernels(specs: dict, target):
@@ -173,7 +174,7 @@ def _plain(obj):
     return str(obj)
 
 
-def _target_meta(target, family: str) -> dict:
+def _target_meta(target, family: str, weight_dtype: str = "float32") -> dict:
     attrs = target.attrs
     meta = {"family": family, "tvm": _plain(target.export()),
             "host_arch": "aarch64" if family == "aarch64" else "x86_64", "cpu_features": []}
@@ -182,8 +183,10 @@ def _target_meta(target, family: str) -> dict:
         meta["cpu_features"] = ["asimd"] + (["asimddp"] if "+dotprod" in mattr else [])
     elif family == "x86":
         mcpu = str(attrs["mcpu"]) if "mcpu" in attrs else ""
-        meta["cpu_features"] = (_X86_FEATURES["skylake-avx512"] if mcpu in targets.AVX512_MCPUS
-                                else _X86_FEATURES["haswell"] if mcpu else [])
+        meta["cpu_features"] = list(_X86_FEATURES["skylake-avx512"] if mcpu in targets.AVX512_MCPUS
+                                    else _X86_FEATURES["haswell"] if mcpu else [])
+        if mcpu and weight_dtype == "float16":  # vcvtph2ps widens the half weights (every AVX2 CPU has it)
+            meta["cpu_features"].append("f16c")
     else:
         meta["arch"] = str(attrs["arch"]) if "arch" in attrs else None
     return meta
@@ -201,7 +204,7 @@ def _versions() -> dict:
     return out
 
 
-_RUNTIME_FILES = ("artifact.py", "buffers.py", "deployed_layer.py")
+_RUNTIME_FILES = ("artifact.py", "buffers.py", "deployed_layer.py", "layer_calls.py")
 
 
 def _copy_runtime_package(dest: Path) -> list:
@@ -263,7 +266,7 @@ def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dic
     return dest
 
 
-def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Path:
+def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weight_dtype=None) -> Path:
     """Write a deployable artifact of a built cell for ``target``.
 
     Parameters
@@ -279,6 +282,11 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Pa
         Batch sizes to compile a kernel for (kernels are specialised on the batch size).
     overwrite : bool
         Replace an existing folder at ``path``.
+    weight_dtype : None, "float32" or "float16"
+        Storage dtype of the packed kernel and recurrent kernel in the artifact (None: the cell's
+        ``weight_dtype``, float32 by default). "float16" (float32 cells only): half the weight bytes, each
+        weight rounded to the nearest half and widened to float32 before its multiply-add; inputs, states, bias,
+        accumulation and gate math stay float32.
 
     Returns
     -------
@@ -287,26 +295,31 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False) -> Pa
     """
     if not getattr(cell, "built", False):
         raise ValueError("`export_cell` needs a built cell: call build(input_shape), set_weights or the cell first")
+    from .config import check_weight_dtype  # noqa: PLC0415
+
     batches = _batch_list(batch)
+    wdt = check_weight_dtype(cell.config.dtype, getattr(cell, "weight_dtype", None) if weight_dtype is None
+                             else weight_dtype)
     dest = _check_dest(path, overwrite)
     target = targets.resolve(target)
     family = targets.family(target)
     lanes = targets.lanes(target, cell.config.dtype)
-    specs = _kernel_specs(cell, batches, lanes)
+    specs = _kernel_specs(cell, batches, lanes, wdt)
     executable, names = compile_kernels(specs, target)
 
     from .packing import pack_weights  # noqa: PLC0415
 
     weights = cell.get_weights()
-    packed = pack_weights(cell.config, weights[0], weights[1], weights[2] if cell.config.use_bias else None, lanes)
+    packed = pack_weights(cell.config, weights[0], weights[1], weights[2] if cell.config.use_bias else None, lanes,
+                          wdt)
     meta = {
         "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["cell"], "kind": "cell",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": cell.config.to_dict(), "input_dim": cell.input_dim, "units": cell.config.units,
-        "dtype": cell.config.dtype, "batch_sizes": batches, "lanes": lanes,
+        "dtype": cell.config.dtype, "weight_dtype": wdt, "batch_sizes": batches, "lanes": lanes,
         "shapes": {"inputs": ["batch", cell.input_dim], "states": ["batch", cell.config.units],
                    **{n: list(a.shape) for n, a in packed.items()}},
-        "target": _target_meta(target, family),
+        "target": _target_meta(target, family, wdt),
         "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
                    "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
     }
@@ -509,11 +522,14 @@ def _target_arg(args):
 def _cli(args) -> int:
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch]
     if _is_layer_request(args):
+        if args.weight_dtype not in (None, "float32"):
+            raise ValueError(f"--weight-dtype {args.weight_dtype} applies to cell artifacts only; a layer artifact "
+                             "stores its weights in the layer dtype")
         out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
                            masking=not args.no_masking, overwrite=args.overwrite)
     else:
         out = export_cell(_cell_from_files(args), args.out, target=_target_arg(args), batch=batches,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, weight_dtype=args.weight_dtype)
     meta = json.loads((out / artifact.METADATA).read_text())
     total = sum((out / f).stat().st_size for f in meta["files"])
     print(f"wrote {out} ({artifact.artifact_kind(meta)}, {meta['target']['family']}, batch {meta['batch_sizes']}, "
@@ -538,6 +554,9 @@ def register_cli(subparsers, add_shape_args) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights seed when no --config/--onnx is given")
     p.add_argument("--batches", help="comma-separated batch sizes to compile (default: --batch)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--weight-dtype", choices=["float32", "float16"], default=None,
+                   help="storage dtype of the cell's weight matrices (float16: half the bytes, float32 math; "
+                        "default: the cell dtype)")
     layer = p.add_argument_group("layer", "export a GRU layer (whole-sequence kernels) instead of a cell")
     layer.add_argument("--layer", action="store_true", help="export a GRU layer (implied by a GRU --config)")
     for flag in _LAYER_FLAGS:

@@ -13,6 +13,8 @@ SIMD targets (V > 1) use this layout for both implementations: implementation 1 
 column dot products, summed over k in the same order, and differ only in their dropout masks, which the
 kernel applies per gate. With V = 1 (CUDA, one unit per warp), implementation 1 keeps one contiguous row
 of K values per gate and unit: (G, H, K, 1).
+The kernel and recurrent kernel may be stored as float16 for a float32 cell (``weight_dtype``); the
+layout is the same (V stays the float32 SIMD width: V halves are one half-width load, widened in registers).
 Bias is packed as (2, 3, Hp): row 0 the input bias, row 1 the recurrent bias (zeros unless reset_after).
 """
 
@@ -84,10 +86,15 @@ def unpack_bias(packed: np.ndarray, units: int, reset_after: bool) -> np.ndarray
     return rows.copy() if reset_after else rows[0].copy()
 
 
-def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int) -> dict:
-    """All packed arrays a step kernel takes, by parameter name (see :func:`layout`)."""
+def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int, weight_dtype=None) -> dict:
+    """All packed arrays a step kernel takes, by parameter name (see :func:`layout`).
+
+    ``weight_dtype``: storage dtype of the kernel and recurrent kernel arrays (None: ``config.dtype``; "float16"
+    rounds them to nearest half); the bias stays in ``config.dtype``.
+    """
     sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
-    out = {name: pack_matrix(sources[src], config.units, lanes, config.dtype, gates, fused)
+    wdt = config.dtype if weight_dtype is None else weight_dtype
+    out = {name: pack_matrix(sources[src], config.units, lanes, wdt, gates, fused)
            for name, (src, gates, fused) in layout(config, lanes).items()}
     if config.use_bias:
         out["bias_packed"] = pack_bias(bias, config.units, lanes, config.dtype)

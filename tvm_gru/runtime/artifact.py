@@ -145,21 +145,39 @@ def verify(path) -> dict:
     return meta
 
 
+# Storage dtypes of the weight matrices a cell artifact may hold, per cell dtype (see tvm_gru.config).
+_WEIGHT_DTYPES = {"float32": ("float32", "float16"), "float64": ("float64",)}
+
+
+def weight_dtype(meta: dict) -> str:
+    """The storage dtype of the packed kernel/recurrent kernel (metadata without the entry: the cell dtype)."""
+    cfg_dtype = str(meta["config"].get("dtype"))
+    name = meta.get("weight_dtype", cfg_dtype)
+    if name not in _WEIGHT_DTYPES.get(cfg_dtype, (cfg_dtype,)):
+        raise ArtifactError(f"{METADATA}: weight_dtype {name!r} is not a storage dtype of a {cfg_dtype} cell; "
+                            f"expected one of {_WEIGHT_DTYPES.get(cfg_dtype, (cfg_dtype,))}")
+    return name
+
+
 def _check_weights(meta: dict, weights: dict) -> None:
-    """The packed weights must have the shapes and dtype the config implies (before any kernel sees them)."""
+    """The packed weights must have the shapes and dtypes the config implies (before any kernel sees them): the
+    weight matrices in the metadata's ``weight_dtype``, the bias in the cell dtype."""
     cfg = meta["config"]
     units, input_dim, lanes = int(cfg["units"]), int(meta["input_dim"]), int(meta["lanes"])
+    matrices = np.dtype(weight_dtype(meta))
     width = -(-units // lanes) * lanes
     gates = {"kernel_packed": (input_dim, 3), "recurrent_packed": (units, 3 if cfg["reset_after"] else 2),
              "candidate_packed": (units, 1), "bias_packed": (2, 3)}
     for name, array in weights.items():
         depth, count = gates.get(name, (None, None))
         expected = tuple(meta["shapes"].get(name, ()))
+        want = np.dtype(cfg["dtype"]) if name == "bias_packed" else matrices
         if (array.shape != expected or depth is None or array.size != depth * count * width
-                or array.dtype != np.dtype(cfg["dtype"])):
+                or array.dtype != want):
             raise ArtifactError(f"weight {name} has shape {array.shape} and dtype {array.dtype}; the config "
-                                f"(units={units}, input_dim={input_dim}, dtype={cfg['dtype']}) implies "
-                                f"{depth * count * width if depth else '?'} values of shape {expected}")
+                                f"(units={units}, input_dim={input_dim}, dtype={cfg['dtype']}, weight_dtype="
+                                f"{matrices.name}) implies {depth * count * width if depth else '?'} {want.name} "
+                                f"values of shape {expected}")
 
 
 # ---------------------------------------------------------------------------------------- machine checks
@@ -365,6 +383,7 @@ class DeployedCell:
         self.input_dim = int(meta["input_dim"])
         self.units = int(self.config["units"])
         self.dtype = np.dtype(self.config["dtype"])
+        self.weight_dtype = np.dtype(weight_dtype(meta))  # storage of the weight matrices (float16: widened in-kernel)
         self.target = meta["target"]
         self._functions = {int(b): module[name] for b, name in meta["kernel"]["functions"].items()}
         self.batch_sizes = tuple(sorted(self._functions))
@@ -393,7 +412,8 @@ class DeployedCell:
         return dict(self.config)
 
     def get_weights(self) -> list:
-        """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H), bias]`` (unpacked copies)."""
+        """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H), bias]`` (unpacked copies, in the
+        cell dtype: float16-stored matrices come back as the float16-rounded values the kernel uses)."""
         w = dict(zip(self.metadata["kernel"]["weights"], self._host_weights))
         # Gate-interleaved for implementation 2 and for every SIMD packing (V > 1); see tvm_gru.packing.layout.
         units, fused = self.units, self.config["implementation"] == 2 or w["kernel_packed"].shape[-1] > 1
@@ -401,7 +421,7 @@ class DeployedCell:
         recurrent = _unpack(w["recurrent_packed"], units, fused)
         if "candidate_packed" in w:  # reset_after=False keeps the candidate's recurrent columns apart
             recurrent = np.concatenate([recurrent, _unpack(w["candidate_packed"], units, fused)], axis=1)
-        out = [kernel, recurrent]
+        out = [kernel.astype(self.dtype), recurrent.astype(self.dtype)]
         if "bias_packed" in w:
             rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)
             out.append(rows.copy() if self.config["reset_after"] else rows[0].copy())
@@ -539,4 +559,5 @@ class DeployedCell:
         c = self.config
         return (f"DeployedCell(units={c['units']}, input_dim={self.input_dim}, activation={c['activation']!r}, "
                 f"recurrent_activation={c['recurrent_activation']!r}, reset_after={c['reset_after']}, "
-                f"target={self.target['family']}, batch_sizes={list(self.batch_sizes)})")
+                + (f"weight_dtype={self.weight_dtype.name!r}, " if self.weight_dtype != self.dtype else "")
+                + f"target={self.target['family']}, batch_sizes={list(self.batch_sizes)})")
