@@ -17,7 +17,8 @@ import numpy as np
 
 from . import regularizers
 from .cell import GRUCell, constructor_kwargs
-from .inputs import INDEX_LIMIT, as_array, check_training
+from .inputs import as_array, check_training
+from .runtime.layer_calls import SequenceLayerCalls, kernel_view, max_steps
 from .sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
 
 __all__ = ["GRU"]
@@ -29,7 +30,7 @@ _FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unrol
 _IGNORED_KEYS = ("batch_input_shape", "enable_caching_device", "cell", "input_spec")
 
 
-class GRU:
+class GRU(SequenceLayerCalls):
     """Keras v1 GRU layer (defaults: hard_sigmoid, reset_after=False, implementation=1).
 
     Parameters
@@ -107,6 +108,8 @@ class GRU:
             return value
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'")
 
+    _array = staticmethod(as_array)  # host views of arrays and DLPack tensors (SequenceLayerCalls)
+
     @property
     def built(self) -> bool:
         return self.cell.built
@@ -129,13 +132,6 @@ class GRU:
     def losses(self) -> list:
         """Weight penalties of the cell, then the activity penalties of the last call."""
         return self.cell.losses + list(self._activity_losses)
-
-    @property
-    def states(self):
-        """Stateful layers: ``[state (B, H)]`` (a copy) once the batch size is known; otherwise ``[None]``."""
-        if self._states is None:
-            return [None]
-        return [self._states[0].copy()]
 
     # ------------------------------------------------------------------ weights
     def build(self, input_shape) -> None:
@@ -213,58 +209,6 @@ class GRU:
 
         return layer_to_onnx(self, path, opset=opset, batch=batch)
 
-    # ------------------------------------------------------------------ states
-    def get_initial_state(self, inputs) -> np.ndarray:
-        """Zeros (batch, units) for ``inputs`` of shape (batch, time, input_dim) (time-major: (time, batch, ...))."""
-        x = as_array("inputs", inputs)
-        if x.ndim != 3:
-            layout = "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
-            raise ValueError(f"`inputs` must have rank 3 {layout}; received shape {x.shape}")
-        batch = x.shape[1] if self.time_major else x.shape[0]
-        return np.zeros((batch, self.cell.units), self.cell.dtype)
-
-    def reset_states(self, states=None) -> None:
-        """Zero the state of a stateful layer, or set it to ``states`` (a (B, H) array or a list of one)."""
-        if not self.stateful:
-            raise AttributeError("Layer must be stateful.")
-        if states is None:
-            if self._states is not None:
-                for s in self._states:
-                    s[...] = 0
-            return
-        if isinstance(states, (list, tuple)):
-            if len(states) != 1:
-                raise ValueError(f"Layer {self.name} expects 1 state, but it received {len(states)} state values.")
-            states = states[0]
-        value = as_array("states", states)
-        if value.dtype.kind not in "iuf":
-            raise TypeError(f"`states` must hold real numbers (cast to {self.cell.dtype}); received dtype "
-                            f"{value.dtype}")
-        if value.ndim != 2:
-            raise ValueError(f"`states` must have shape (batch, {self.cell.units}); received {value.shape}")
-        batch = self._states[0].shape[0] if self._states is not None else value.shape[0]
-        if value.shape != (batch, self.cell.units):
-            raise ValueError(f"State 0 (`states`) is incompatible with layer {self.name}: expected shape "
-                             f"{(batch, self.cell.units)} but found {value.shape}")
-        if self._states is None:
-            self._states = [np.zeros(value.shape, self.cell.dtype) for _ in range(2)]
-        self._states[0][...] = value
-
-    def compute_output_shape(self, input_shape) -> list | tuple:
-        try:
-            shape = tuple(input_shape)
-        except TypeError as err:
-            raise TypeError(f"`input_shape` must be a shape tuple of rank 3; received {input_shape!r}") from err
-        if len(shape) != 3:
-            raise ValueError(f"`input_shape` must have rank 3 (batch, time, input_dim); received {shape}")
-        batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
-        units = self.cell.units
-        if self.return_sequences:
-            out = (steps, batch, units) if self.time_major else (batch, steps, units)
-        else:
-            out = (batch, units)
-        return [out, (batch, units)] if self.return_state else out
-
     # ------------------------------------------------------------------ call
     def __call__(self, inputs, mask=None, training=None, initial_state=None):
         """Run the whole sequence.
@@ -295,30 +239,14 @@ class GRU:
 
     def _call_checked(self, inputs, mask, training, initial_state):
         training = check_training(training)
-        if isinstance(inputs, (list, tuple)):
-            if not inputs:
-                raise ValueError("`inputs` is an empty list")
-            if len(inputs) > 1:
-                if initial_state is not None:
-                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
-                initial_state = list(inputs[1:])
-            inputs = inputs[0]
+        inputs, initial_state = self._split_inputs(inputs, initial_state)
         x = as_array("inputs", inputs)
-        if x.ndim != 3:
-            layout = "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
-            raise ValueError(f"`inputs` must have rank 3 {layout}; received shape {x.shape}")
-        if x.dtype.kind != "f":
-            raise TypeError(f"`inputs` must hold floating point values; received dtype {x.dtype}")
-        if not self.built:
+        if x.ndim == 3 and x.dtype.kind == "f" and not self.built:
             self.build(x.shape)
-        if x.shape[2] != self.input_dim:
-            raise ValueError(f"`inputs` must have {self.input_dim} features (the layer was built for input_dim="
-                             f"{self.input_dim}); received shape {x.shape}")
+        x = self._sequence_input(x, self.input_dim)
         self._check_fresh()
-        dt = self.cell.dtype
         batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
-        check_steps(steps, batch, self.input_dim, self.cell.units)  # before any copy of a huge input
-        x = _kernel_view(x, dt)
+        x = kernel_view(x, self.cell.dtype)
         h0 = self._initial_state(initial_state, batch)
         valid = self._mask(mask, x.shape[:2]) if mask is not None else None
         masks = ()
@@ -335,50 +263,6 @@ class GRU:
         if len(masks) == 2:
             extra.append(padded_recurrent_mask(masks[1], self.cell.lanes))
         return runner.run(x, h0, valid, extra)
-
-    def _initial_state(self, initial_state, batch):
-        dt, units = self.cell.dtype, self.cell.units
-        if self.stateful:
-            if self._states is None:
-                self._states = [np.zeros((batch, units), dt) for _ in range(2)]
-            elif self._states[0].shape[0] != batch:
-                raise ValueError(f"Layer {self.name} is stateful with batch size {self._states[0].shape[0]}; "
-                                 f"received inputs with batch size {batch} (call reset_states or use a new layer)")
-        if initial_state is not None:
-            if isinstance(initial_state, (list, tuple)):
-                if len(initial_state) != 1:
-                    raise ValueError(f"Layer {self.name} expects 1 initial state, received {len(initial_state)}")
-                initial_state = initial_state[0]
-            h0 = as_array("initial_state", initial_state)
-            if h0.shape != (batch, units):
-                raise ValueError(f"`initial_state` must have shape {(batch, units)}; received {h0.shape}")
-            if h0.dtype.kind != "f":
-                raise TypeError(f"`initial_state` must hold floating point values; received dtype {h0.dtype}")
-            return _kernel_view(h0, dt)
-        return self._states[0] if self.stateful else None  # None: zeros, held by the runner
-
-    def _mask(self, mask, leading):
-        valid = as_array("mask", mask)
-        if valid.dtype.kind not in "biuf":
-            raise TypeError(f"`mask` must hold bools (or 0/1 numbers); received dtype {valid.dtype}")
-        if valid.dtype.kind == "f" and np.isnan(valid).any():
-            raise ValueError("`mask` holds NaN, which is neither a valid nor a padding step; expected bools")
-        if valid.shape != tuple(leading):
-            layout = "(time, batch)" if self.time_major else "(batch, time)"
-            raise ValueError(f"`mask` must have shape {layout} = {tuple(leading)}; received {valid.shape}")
-        if valid.dtype == np.bool_ and valid.flags.c_contiguous and valid.flags.writeable:
-            return valid.view(np.uint8)
-        return np.ascontiguousarray(valid != 0, dtype=np.uint8)
-
-    def _empty_call(self, shape, h0):
-        units, dt = self.cell.units, self.cell.dtype
-        batch = shape[1] if self.time_major else shape[0]
-        if self.return_sequences:
-            out = np.zeros((shape[0], shape[1], units), dt)
-        else:
-            out = np.zeros((batch, units), dt)
-        state = np.zeros((batch, units), dt) if h0 is None else np.array(h0)
-        return [out, state] if self.return_state else out
 
     def _runner(self, batch, masked, masks):
         key = (batch, masked, tuple(m.shape[0] for m in masks), self.return_sequences, self.time_major,
@@ -407,28 +291,6 @@ class GRU:
         return (f"GRU(units={c.units}, activation={c.activation!r}, recurrent_activation={c.recurrent_activation!r}, "
                 f"reset_after={c.reset_after}, return_sequences={self.return_sequences}, "
                 f"return_state={self.return_state}, go_backwards={self.go_backwards}, stateful={self.stateful})")
-
-
-def max_steps(batch: int, input_dim: int, units: int) -> int:
-    """The most time steps one sequence-kernel call takes: its per-call buffers (inputs, input projections of
-    3 * padded units, outputs) grow with the step count and are indexed with 32-bit integers."""
-    padded = -(-units // 8) * 8  # units padded to whole SIMD blocks (V <= 8)
-    return INDEX_LIMIT // max(1, batch * max(input_dim, 3 * padded))
-
-
-def check_steps(steps: int, batch: int, input_dim: int, units: int) -> None:
-    """Refuse a call longer than :func:`max_steps`, naming ``inputs`` and what to do instead."""
-    limit = max_steps(batch, input_dim, units)
-    if steps > limit:
-        raise ValueError(f"`inputs` has {steps:,} time steps; at batch {batch} one call takes at most {limit:,} "
-                         "(compiled kernels index with 32-bit integers): split the sequence and feed the chunks to "
-                         "a stateful layer, or pass each chunk's last state as the next chunk's initial_state")
-
-
-def _kernel_view(array, dtype):
-    """``array`` as a C-contiguous array of ``dtype`` the kernel can take (DLPack refuses read-only arrays)."""
-    out = np.ascontiguousarray(array, dtype=dtype)
-    return out if out.flags.writeable else out.copy()
 
 
 _CELL_ATTRS = frozenset({
@@ -460,7 +322,7 @@ class _Runner:
         self.scratch = [np.empty(shape, self.dtype) for _ in range(2)]
         # The kernel's per-call buffers (inputs, input projections, outputs) grow with the step count, and it
         # indexes them with 32-bit integers: longer calls are refused (a stateful layer can take them in chunks).
-        self.max_steps = max_steps(spec.batch, spec.input_dim, spec.config.units)
+        self.max_steps = max_steps(spec.batch, spec.input_dim, spec.config.units)  # longer: the checked path refuses
         self.set_weights(packed)
         self.fast = self._make_fast()
 

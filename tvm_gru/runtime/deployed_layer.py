@@ -19,20 +19,9 @@ import numpy as np
 import tvm_ffi
 
 from .artifact import ArtifactError, _aligned, _host_array, _unpack
+from .layer_calls import SequenceLayerCalls, kernel_view
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
-
-_INDEX_LIMIT = 2**31 - 1  # the kernels index their buffers with 32-bit integers (see tvm_gru.inputs)
-
-
-def _check_steps(steps: int, batch: int, input_dim: int, units: int) -> None:
-    """Refuse a call whose per-call buffers (inputs, input projections, outputs) exceed 32-bit indexing."""
-    limit = _INDEX_LIMIT // max(1, batch * max(input_dim, 3 * (-(-units // 8) * 8)))
-    if steps > limit:
-        raise ValueError(f"`inputs` has {steps:,} time steps; at batch {batch} one call takes at most {limit:,} "
-                         "(compiled kernels index with 32-bit integers): split the sequence and feed the chunks to "
-                         "a stateful layer, or pass each chunk's last state as the next chunk's initial_state")
-
 
 LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
 
@@ -74,12 +63,6 @@ def check_weights(meta: dict, weights: dict) -> None:
                                 f"lanes={lanes}) implies {shape}")
 
 
-def _kernel_view(array: np.ndarray, dtype) -> np.ndarray:
-    """C-contiguous, of the kernel dtype, writeable (DLPack refuses read-only arrays)."""
-    out = np.ascontiguousarray(array, dtype=dtype)
-    return out if out.flags.writeable else out.copy()
-
-
 class _Kernels:
     """The kernels of one batch size: full and serial-short, each plain and masked (masked may be absent)."""
 
@@ -108,7 +91,7 @@ class _Kernels:
         return self.short if steps <= self.short_steps else self.full
 
 
-class DeployedGRU:
+class DeployedGRU(SequenceLayerCalls):
     """A Keras v1 GRU layer loaded from an artifact: ``layer(inputs, mask=None, training=None, initial_state=None)``.
 
     Options (fixed at export, as at a Keras layer's construction): ``return_sequences``, ``return_state``,
@@ -152,6 +135,8 @@ class DeployedGRU:
         self._zeros = {}
         self._states = None  # stateful: [current, spare] (B, H), swapped after each call
 
+    _array = staticmethod(_host_array)
+
     # ------------------------------------------------------------------ Keras-like properties
     @property
     def reverse(self) -> int:
@@ -175,48 +160,6 @@ class DeployedGRU:
             rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)
             out.append(rows.copy() if self.config["reset_after"] else rows[0].copy())
         return out
-
-    @property
-    def states(self) -> list:
-        """Stateful layers: ``[state (B, H)]`` (a copy) once the batch size is known; otherwise ``[None]``."""
-        return [None] if self._states is None else [self._states[0].copy()]
-
-    def get_initial_state(self, inputs) -> np.ndarray:
-        x = _host_array("inputs", inputs)
-        batch = x.shape[1] if self.time_major else x.shape[0]
-        return np.zeros((batch, self.units), self.dtype)
-
-    def reset_states(self, states=None) -> None:
-        """Zero the state of a stateful layer, or set it to ``states`` (a (B, H) array or a list of one)."""
-        if not self.stateful:
-            raise AttributeError("Layer must be stateful.")
-        if states is None:
-            if self._states is not None:
-                for s in self._states:
-                    s[...] = 0
-            return
-        if isinstance(states, (list, tuple)):
-            if len(states) != 1:
-                raise ValueError(f"Layer {self.name} expects 1 state, but it received {len(states)} state values.")
-            states = states[0]
-        value = _host_array("states", states)
-        batch = self._states[0].shape[0] if self._states is not None else value.shape[0]
-        if value.shape != (batch, self.units):
-            raise ValueError(f"State 0 is incompatible with layer {self.name}: expected shape "
-                             f"{(batch, self.units)} but found {value.shape}")
-        self._check_batch(batch)
-        if self._states is None:
-            self._states = [np.zeros(value.shape, self.dtype) for _ in range(2)]
-        self._states[0][...] = value
-
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
-        if self.return_sequences:
-            out = (steps, batch, self.units) if self.time_major else (batch, steps, self.units)
-        else:
-            out = (batch, self.units)
-        return [out, (batch, self.units)] if self.return_state else out
 
     # ------------------------------------------------------------------ call
     def __call__(self, inputs, mask=None, training=None, initial_state=None):
@@ -243,32 +186,16 @@ class DeployedGRU:
                              f"{self.config['dropout']}, recurrent_dropout={self.config['recurrent_dropout']}, "
                              "which apply only in training, and the artifact has no dropout kernels. Call it "
                              "with training=False or None (the Keras inference result), or train with tvm_gru.GRU")
-        if isinstance(inputs, (list, tuple)):
-            if not inputs:
-                raise ValueError("`inputs` is an empty list")
-            if len(inputs) > 1:
-                if initial_state is not None:
-                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
-                initial_state = list(inputs[1:])
-            inputs = inputs[0]
-        x = _host_array("inputs", inputs)
-        layout = "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
-        if x.ndim != 3:
-            raise ValueError(f"`inputs` must have rank 3 {layout}; received shape {x.shape}")
-        if x.dtype.kind != "f":
-            raise TypeError(f"`inputs` must hold floating point values; received dtype {x.dtype}")
-        if x.shape[2] != self.input_dim:
-            raise ValueError(f"`inputs` must have {self.input_dim} features (the layer was exported for input_dim="
-                             f"{self.input_dim}); received shape {x.shape}")
+        inputs, initial_state = self._split_inputs(inputs, initial_state)
+        x = self._sequence_input(inputs, self.input_dim)
         batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
-        _check_steps(steps, batch, self.input_dim, self.units)  # before any copy of a huge input
-        x = _kernel_view(x, self.dtype)
+        x = kernel_view(x, self.dtype)
         if batch:
             self._check_batch(batch)
         h0 = self._initial_state(initial_state, batch)
         valid = self._mask(mask, x.shape[:2]) if mask is not None else None
         if batch == 0 or steps == 0:
-            return self._empty_call(x.shape, batch, h0)
+            return self._empty_call(x.shape, h0)
         fn = self._kernels[batch].pick(steps, valid is not None)
         shape = (batch, self.units)
         seq = None
@@ -294,43 +221,6 @@ class DeployedGRU:
         if batch not in self._kernels:
             raise ValueError(f"this artifact has kernels for batch sizes {list(self.batch_sizes)}; received "
                              f"batch {batch} (export with batch=[..., {batch}])")
-
-    def _initial_state(self, initial_state, batch):
-        if self.stateful:
-            if self._states is None:
-                self._states = [np.zeros((batch, self.units), self.dtype) for _ in range(2)]
-            elif self._states[0].shape[0] != batch:
-                raise ValueError(f"Layer {self.name} is stateful with batch size {self._states[0].shape[0]}; "
-                                 f"received inputs with batch size {batch} (call reset_states or load it again)")
-        if initial_state is not None:
-            if isinstance(initial_state, (list, tuple)):
-                if len(initial_state) != 1:
-                    raise ValueError(f"Layer {self.name} expects 1 initial state, received {len(initial_state)}")
-                initial_state = initial_state[0]
-            h0 = _host_array("initial_state", initial_state)
-            if h0.shape != (batch, self.units):
-                raise ValueError(f"`initial_state` must have shape {(batch, self.units)}; received {h0.shape}")
-            if h0.dtype.kind != "f":
-                raise TypeError(f"`initial_state` must hold floating point values; received dtype {h0.dtype}")
-            return _kernel_view(h0, self.dtype)
-        return self._states[0] if self.stateful else None  # None: zeros
-
-    def _mask(self, mask, leading):
-        valid = _host_array("mask", mask)
-        if valid.shape != tuple(leading):
-            layout = "(time, batch)" if self.time_major else "(batch, time)"
-            raise ValueError(f"`mask` must have shape {layout} = {tuple(leading)}; received {valid.shape}")
-        if valid.dtype == np.bool_ and valid.flags.c_contiguous and valid.flags.writeable:
-            return valid.view(np.uint8)
-        return np.ascontiguousarray(valid != 0, dtype=np.uint8)
-
-    def _empty_call(self, shape, batch, h0):
-        if self.return_sequences:
-            out = np.zeros((shape[0], shape[1], self.units), self.dtype)
-        else:
-            out = np.zeros((batch, self.units), self.dtype)
-        state = np.zeros((batch, self.units), self.dtype) if h0 is None else np.array(h0)
-        return [out, state] if self.return_state else out
 
     def __repr__(self) -> str:
         c = self.config

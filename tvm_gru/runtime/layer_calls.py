@@ -1,0 +1,184 @@
+"""The Keras GRU layer's call conventions, shared by the in-process layer and the deployed one.
+
+:class:`tvm_gru.GRU` (compiles its kernels) and :class:`~.deployed_layer.DeployedGRU` (loads them from an
+artifact) run the same sequence kernel behind the same Keras API: ``[inputs, initial_state]`` lists, initial
+and stateful states, masks, empty calls, output shapes. That API lives here once. This module is part of the
+bundled runtime: it imports numpy only.
+
+A class using :class:`SequenceLayerCalls` provides ``units``, ``dtype``, ``name``, ``time_major``,
+``stateful``, ``return_sequences``, ``return_state``, ``_states`` (None or the two (B, H) state buffers: the
+current one first) and ``_array(name, value)`` (a host numpy view of an array or DLPack tensor, or a
+``TypeError`` naming ``name``); it may override ``_check_batch(batch)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["SequenceLayerCalls", "INDEX_LIMIT", "max_steps", "check_steps", "kernel_view"]
+
+# Compiled kernels index their buffers with 32-bit integers (TE shapes and the sequence length are int32).
+INDEX_LIMIT = 2**31 - 1
+
+
+def max_steps(batch: int, input_dim: int, units: int) -> int:
+    """The most time steps one sequence-kernel call takes: its per-call buffers (inputs, input projections of
+    3 * padded units, outputs) grow with the step count and are indexed with 32-bit integers."""
+    padded = -(-units // 8) * 8  # units padded to whole SIMD blocks (V <= 8)
+    return INDEX_LIMIT // max(1, batch * max(input_dim, 3 * padded))
+
+
+def check_steps(steps: int, batch: int, input_dim: int, units: int) -> None:
+    """Refuse a call longer than :func:`max_steps`, naming ``inputs`` and what to do instead."""
+    limit = max_steps(batch, input_dim, units)
+    if steps > limit:
+        raise ValueError(f"`inputs` has {steps:,} time steps; at batch {batch} one call takes at most {limit:,} "
+                         "(compiled kernels index with 32-bit integers): split the sequence and feed the chunks to "
+                         "a stateful layer, or pass each chunk's last state as the next chunk's initial_state")
+
+
+def kernel_view(array: np.ndarray, dtype) -> np.ndarray:
+    """``array`` C-contiguous, of ``dtype`` and writeable (DLPack refuses read-only arrays): no copy if it is."""
+    out = np.ascontiguousarray(array, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
+
+
+class SequenceLayerCalls:
+    """Keras GRU layer state handling and argument checks (see the module docstring for what it needs)."""
+
+    def _check_batch(self, batch: int) -> None:
+        """Refuse a batch size the layer cannot run (the deployed layer has kernels for a fixed list)."""
+
+    @property
+    def _layout(self) -> str:
+        return "(time, batch, input_dim)" if self.time_major else "(batch, time, input_dim)"
+
+    def _batch_of(self, shape) -> int:
+        return shape[1] if self.time_major else shape[0]
+
+    # ------------------------------------------------------------------ states
+    @property
+    def states(self) -> list:
+        """Stateful layers: ``[state (B, H)]`` (a copy) once the batch size is known; otherwise ``[None]``."""
+        return [None] if self._states is None else [self._states[0].copy()]
+
+    def get_initial_state(self, inputs) -> np.ndarray:
+        """Zeros (batch, units) for ``inputs`` of shape (batch, time, input_dim) (time-major: (time, batch, ...))."""
+        x = self._array("inputs", inputs)
+        if x.ndim != 3:
+            raise ValueError(f"`inputs` must have rank 3 {self._layout}; received shape {x.shape}")
+        return np.zeros((self._batch_of(x.shape), self.units), self.dtype)
+
+    def reset_states(self, states=None) -> None:
+        """Zero the state of a stateful layer, or set it to ``states`` (a (B, H) array or a list of one)."""
+        if not self.stateful:
+            raise AttributeError("Layer must be stateful.")
+        if states is None:
+            if self._states is not None:
+                for s in self._states:
+                    s[...] = 0
+            return
+        if isinstance(states, (list, tuple)):
+            if len(states) != 1:
+                raise ValueError(f"Layer {self.name} expects 1 state, but it received {len(states)} state values.")
+            states = states[0]
+        value = self._array("states", states)
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"`states` must hold real numbers (cast to {self.dtype}); received dtype {value.dtype}")
+        if value.ndim != 2:
+            raise ValueError(f"`states` must have shape (batch, {self.units}); received {value.shape}")
+        batch = self._states[0].shape[0] if self._states is not None else value.shape[0]
+        if value.shape != (batch, self.units):
+            raise ValueError(f"State 0 (`states`) is incompatible with layer {self.name}: expected shape "
+                             f"{(batch, self.units)} but found {value.shape}")
+        self._check_batch(batch)
+        if self._states is None:
+            self._states = [np.zeros(value.shape, self.dtype) for _ in range(2)]
+        self._states[0][...] = value
+
+    def compute_output_shape(self, input_shape) -> list | tuple:
+        """The Keras output shape(s) for an input shape of rank 3."""
+        try:
+            shape = tuple(input_shape)
+        except TypeError as err:
+            raise TypeError(f"`input_shape` must be a shape tuple of rank 3; received {input_shape!r}") from err
+        if len(shape) != 3:
+            raise ValueError(f"`input_shape` must have rank 3 {self._layout}; received {shape}")
+        batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
+        if self.return_sequences:
+            out = (steps, batch, self.units) if self.time_major else (batch, steps, self.units)
+        else:
+            out = (batch, self.units)
+        return [out, (batch, self.units)] if self.return_state else out
+
+    # ------------------------------------------------------------------ call arguments
+    def _split_inputs(self, inputs, initial_state):
+        """Keras accepts ``[inputs, *initial_states]``: return ``(inputs, initial_state)``."""
+        if isinstance(inputs, (list, tuple)):
+            if not inputs:
+                raise ValueError("`inputs` is an empty list")
+            if len(inputs) > 1:
+                if initial_state is not None:
+                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
+                initial_state = list(inputs[1:])
+            inputs = inputs[0]
+        return inputs, initial_state
+
+    def _sequence_input(self, inputs, input_dim: int) -> np.ndarray:
+        """``inputs`` as a rank-3 float array with ``input_dim`` features, checked (not yet converted)."""
+        x = self._array("inputs", inputs)
+        if x.ndim != 3:
+            raise ValueError(f"`inputs` must have rank 3 {self._layout}; received shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"`inputs` must hold floating point values; received dtype {x.dtype}")
+        if x.shape[2] != input_dim:
+            raise ValueError(f"`inputs` must have {input_dim} features (the layer was built for input_dim="
+                             f"{input_dim}); received shape {x.shape}")
+        batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
+        check_steps(steps, batch, input_dim, self.units)  # before any copy of a huge input
+        return x
+
+    def _initial_state(self, initial_state, batch):
+        """The (B, H) initial state of a call: ``initial_state``, a stateful layer's state, or None (zeros)."""
+        if self.stateful:
+            if self._states is None:
+                self._states = [np.zeros((batch, self.units), self.dtype) for _ in range(2)]
+            elif self._states[0].shape[0] != batch:
+                raise ValueError(f"Layer {self.name} is stateful with batch size {self._states[0].shape[0]}; "
+                                 f"received inputs with batch size {batch} (call reset_states or use a new layer)")
+        if initial_state is not None:
+            if isinstance(initial_state, (list, tuple)):
+                if len(initial_state) != 1:
+                    raise ValueError(f"Layer {self.name} expects 1 initial state, received {len(initial_state)}")
+                initial_state = initial_state[0]
+            h0 = self._array("initial_state", initial_state)
+            if h0.shape != (batch, self.units):
+                raise ValueError(f"`initial_state` must have shape {(batch, self.units)}; received {h0.shape}")
+            if h0.dtype.kind != "f":
+                raise TypeError(f"`initial_state` must hold floating point values; received dtype {h0.dtype}")
+            return kernel_view(h0, self.dtype)
+        return self._states[0] if self.stateful else None
+
+    def _mask(self, mask, leading):
+        """``mask`` of shape ``leading`` ((B, T), time-major (T, B)) as the kernel's uint8 (1 = a real step)."""
+        valid = self._array("mask", mask)
+        if valid.dtype.kind not in "biuf":
+            raise TypeError(f"`mask` must hold bools (or 0/1 numbers); received dtype {valid.dtype}")
+        if valid.dtype.kind == "f" and np.isnan(valid).any():
+            raise ValueError("`mask` holds NaN, which is neither a valid nor a padding step; expected bools")
+        if valid.shape != tuple(leading):
+            layout = "(time, batch)" if self.time_major else "(batch, time)"
+            raise ValueError(f"`mask` must have shape {layout} = {tuple(leading)}; received {valid.shape}")
+        if valid.dtype == np.bool_ and valid.flags.c_contiguous and valid.flags.writeable:
+            return valid.view(np.uint8)
+        return np.ascontiguousarray(valid != 0, dtype=np.uint8)
+
+    def _empty_call(self, shape, h0):
+        """The Keras result of a call with no batch rows or no steps (zeros; the initial state as the state)."""
+        batch = self._batch_of(shape)
+        if self.return_sequences:
+            out = np.zeros((shape[0], shape[1], self.units), self.dtype)
+        else:
+            out = np.zeros((batch, self.units), self.dtype)
+        state = np.zeros((batch, self.units), self.dtype) if h0 is None else np.array(h0)
+        return [out, state] if self.return_state else out
