@@ -7,9 +7,9 @@ import numpy as np
 __all__ = ["as_array", "check_step_args", "check_training", "kernel_view", "device_name", "check_index_range",
            "INDEX_LIMIT"]
 
-# Compiled kernels index their buffers with 32-bit integers (TE shapes and the sequence length are int32):
-# no buffer may hold more elements, or an index would wrap around and read or write out of bounds.
-INDEX_LIMIT = 2**31 - 1
+# Compiled kernels index their buffers with 32-bit integers: no buffer may hold more elements, or an index would
+# wrap around and read or write out of bounds.
+from .runtime.layer_calls import INDEX_LIMIT  # noqa: E402
 
 # DLPack device types (dlpack.h DLDeviceType) that numpy cannot read in place.
 _DEVICE_NAMES = {1: "cpu", 2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi", 10: "rocm",
