@@ -102,7 +102,23 @@ def tvm_gru_peers(case: Case, kind: str) -> dict:
             layer = _gru_layer(tvm_gru, case, cfg, case.weights[wname])
             if layer is not None:
                 out[f"tvm_gru.GRU{tag}"] = layer
+            if not tag:
+                out["tvm_gru.GRU streaming, 1 frame per call"] = _gru_stream(tvm_gru, case, cfg, case.weights[wname])
     return out
+
+
+def _gru_stream(tvm_gru, case, cfg, weights):
+    """A stateful layer fed the 100 steps one (B, 1, I) frame per call, as an audio front end would."""
+    layer = tvm_gru.GRU(case.units, stateful=True, **cfg)
+    layer.set_weights(weights)
+    frames = [np.ascontiguousarray(case.xs[t][:, None, :]) for t in range(SEQ_LEN)]
+    layer(frames[0])  # compiles
+
+    def run():
+        layer.reset_states()
+        for frame in frames:
+            layer(frame)
+    return run
 
 
 def _cell_step(cell, case):
