@@ -66,3 +66,16 @@ def test_errors_list_what_exists(spec, match):
 def test_type_error():
     with pytest.raises(TypeError, match="target must be None, a str, a dict or a tvm.target.Target"):
         targets.resolve(42)
+
+
+@pytest.mark.parametrize("target, match", [
+    ({"kind": "llvm", "mcpu": "pentium"}, "'pentium' is a 32-bit x86 CPU"),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "i686"}, "'i686' is a 32-bit x86 CPU"),
+    ({"kind": "llvm", "mcpu": "no-such-cpu"}, "'no-such-cpu' is not a CPU LLVM knows"),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "znver3"}, "'znver3' is not a CPU LLVM knows for aarch64"),
+], ids=["pentium", "i686", "unknown", "x86-cpu-on-arm"])
+def test_raw_llvm_targets_with_a_cpu_llvm_would_abort_on_are_refused(target, match):
+    """LLVM aborts the whole process when it compiles for these; resolve() refuses them by name first."""
+    with pytest.raises(ValueError, match=match):
+        targets.resolve(target)
+    assert targets.resolve({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"}).attrs["mcpu"] == "znver3"

@@ -116,7 +116,24 @@ def resolve(target=None):
     if out.kind.name not in ("llvm", "cuda"):
         raise ValueError(f"target kind {out.kind.name!r} has no GRU schedule; supported kinds are 'llvm' "
                          f"(x86, aarch64) and 'cuda'")
+    if out.kind.name == "llvm" and "mcpu" in out.attrs:
+        _check_llvm_cpu(out)
     return out
+
+
+def _check_llvm_cpu(target) -> None:
+    """Refuse an ``mcpu`` LLVM does not know for the triple, or a 32-bit-only x86 CPU with a 64-bit triple:
+    LLVM aborts the whole process on those at compile time (e.g. ``{"kind": "llvm", "mcpu": "pentium"}``)."""
+    from tvm.target import codegen  # noqa: PLC0415
+
+    mcpu = str(target.attrs["mcpu"])
+    triple = str(target.attrs.get("mtriple", "")) or str(codegen.llvm_get_system_triple())
+    if not codegen.llvm_is_valid_cpu(mcpu, triple):
+        raise ValueError(f"target mcpu {mcpu!r} is not a CPU LLVM knows for {triple}; expected e.g. one of "
+                         f"{ARM_MCPUS if triple.startswith('aarch64') else X86_MCPUS}")
+    if triple.startswith("x86_64") and not codegen.llvm_cpu_has_features("64bit", target):
+        raise ValueError(f"target mcpu {mcpu!r} is a 32-bit x86 CPU and cannot run {triple} code; expected a "
+                         f"64-bit CPU such as {X86_MCPUS[:4]}")
 
 
 def family(target) -> str:
