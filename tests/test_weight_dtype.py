@@ -24,6 +24,7 @@ import pytest
 import tvm_gru
 from tvm_gru import GRUConfig, StepSpec, compute, reference, targets, tuning_db
 from tvm_gru.export import export_cell
+from tvm_gru.packing import unpack_matrix
 from tvm_gru.runtime.artifact import METADATA, ArtifactError, load
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,16 +56,22 @@ def _inputs(cell, batch, seed=1):
             rng.uniform(-1, 1, (batch, cell.units)).astype("float32"))
 
 
-def _rounding_bound(cell, x, h):
-    """A generous bound on how far float16 weight rounding can move one step's output.
+def _rounding_scale(weights, x, h) -> float:
+    """a = max over units and gates of |x| @ |K| + |h| @ |R|: each pre-activation moves by at most u * a when the
+    weights are rounded to half (u = 2**-11)."""
+    k, r = (np.abs(np.asarray(w, np.float64)) for w in weights[:2])
+    return float(np.max(np.abs(x) @ k + np.abs(h) @ r))
 
-    Each pre-activation moves by at most u * a, with a = max over units and gates of |x| @ |K| + |h| @ |R| and
-    u = 2**-11; r's change also reaches the candidate through (r * h) @ R_h, hence the (1 + a) factor; the gate
-    and candidate activations used here are 1-Lipschitz or flatter, and the blend adds up to two such terms.
+
+def _rounding_window(weights, x, h) -> tuple:
+    """How far float16 weight rounding should move one step's output: (at least, at most).
+
+    At most: z moves by <= L_f u a and multiplies |h - hh| <= 2; the candidate by <= L_g (u a + |dr| (|h| @ |R_h|))
+    <= u a (1 + a) with the 1-Lipschitz-or-flatter activations used here. At least: a hundredth of one rounding
+    step (the errors of the ~I + H rounded weights per output add up like a random walk, well above that).
     """
-    k, r = (np.abs(w.astype(np.float64)) for w in cell.get_weights()[:2])
-    a = float(np.max(np.abs(x) @ k + np.abs(h) @ r))
-    return 4 * U16 * a * (1 + a)
+    a = _rounding_scale(weights, x, h)
+    return 0.01 * U16 * a, U16 * a * (2 + a)
 
 
 # ------------------------------------------------------------------------------------ float32 default unchanged
@@ -160,6 +167,30 @@ def test_get_weights_keep_float32_and_packed_weights_are_half():
     assert np.count_nonzero(packed["kernel_packed"].astype(np.float32) != 0) == np.count_nonzero(kernel)
 
 
+def test_weights_beyond_float16_range_are_refused(tmp_path):
+    cell = _cell(units=8, input_dim=4, weight_dtype="float16")
+    before = cell.get_weights()
+    big = [w.copy() for w in before]
+    big[1][2, 5] = -7.0e4  # rounds to -inf in float16
+    with pytest.raises(ValueError, match=r"recurrent_kernel holds 70000, beyond the largest float16 \(65504\)"):
+        cell.set_weights(big)
+    for got, want in zip(cell.get_weights(), before):  # nothing changed
+        np.testing.assert_array_equal(got, want)
+    edge = [w.copy() for w in before]
+    edge[0][0, 0], edge[0][1, 1], edge[0][2, 2] = 65504.0, np.inf, 1e-9  # the largest half, inf stays inf, ->0
+    cell.set_weights(edge)
+    packed = tvm_gru.packed_weights(cell)["kernel_packed"]
+    kernel = unpack_matrix(packed, 8, fused=cell.lanes > 1 or cell.config.implementation == 2)
+    assert packed.dtype == np.float16 and kernel.shape == (4, 24)
+    assert kernel[0, 0] == 65504.0 and np.isposinf(kernel[1, 1]) and kernel[2, 2] == 0.0
+    np.testing.assert_array_equal(kernel[3], edge[0][3].astype(np.float16))
+    full = _cell(units=8, input_dim=4)
+    full.set_weights(big)  # float32 storage takes it
+    with pytest.raises(ValueError, match="beyond the largest float16"):
+        full.export(tmp_path / "big16", target="host", weight_dtype="float16")
+    assert not (tmp_path / "big16").exists()
+
+
 # ------------------------------------------------------------------------------------ numerics on this CPU
 ACTIVATIONS = [("tanh", "hard_sigmoid"), ("relu", "sigmoid")]
 
@@ -181,9 +212,10 @@ def test_float16_storage_matches_rounded_reference(activation, recurrent_activat
         err = float(np.max(np.abs(out16 - ref16)))
         assert err <= 1e-5 * max(1.0, float(np.max(np.abs(ref16)))), f"batch {batch}: {err:.3e} vs rounded reference"
         moved = float(np.max(np.abs(out16 - out32)))
-        bound = _rounding_bound(half, x, h)
+        low, high = _rounding_window(half.get_weights(), x, h)
         # it is the float16 weights (not a silent float32 copy) and they move the result by rounding only
-        assert 20 * err < moved <= bound, f"batch {batch}: |f16 - f32| = {moved:.3e}, bound {bound:.3e}, err {err:.3e}"
+        assert max(low, 20 * err) < moved <= high, \
+            f"batch {batch}: |f16 - f32| = {moved:.3e}, expected ({low:.1e}, {high:.1e}], err {err:.3e}"
 
 
 def test_float16_storage_no_bias_and_training_masks():
@@ -473,10 +505,9 @@ def test_cuda_float16_matches_rounded_reference(gpu_bundle, name):
         ref16 = reference.step(cfg, x, h, *rounded)
         err = float(np.max(np.abs(out16 - ref16)))
         assert err <= tolerance("float32", ref16), f"{name} batch {b}: {err:.3e}"
-        k, r = (np.abs(w.astype(np.float64)) for w in full.get_weights()[:2])
-        a = float(np.max(np.abs(x) @ k + np.abs(h) @ r))
+        low, high = _rounding_window(full.get_weights(), x, h)
         moved = float(np.max(np.abs(out16 - out32)))
-        assert moved <= 4 * U16 * a * (1 + a), f"{name} batch {b}: |f16 - f32| = {moved:.3e}"
+        assert low < moved <= high, f"{name} batch {b}: |f16 - f32| = {moved:.3e}, expected ({low:.1e}, {high:.1e}]"
 
 
 @pytest.mark.gpu

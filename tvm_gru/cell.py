@@ -16,7 +16,7 @@ import numpy as np
 from . import constraints, initializers, regularizers, targets
 from .config import GRUConfig, StepSpec, check_positive_int, check_weight_dtype
 from .inputs import as_array, check_index_range, check_step_args, check_training, kernel_view
-from .packing import pack_weights
+from .packing import check_storable, pack_weights
 
 __all__ = ["GRUCell"]
 
@@ -230,6 +230,7 @@ class GRUCell:
         for arr, con in zip(arrays, cons):
             arr = np.array(arr, dtype=c.dtype, copy=True)
             out.append(np.asarray(con(arr), c.dtype) if con is not None else arr)
+        check_storable(self.weight_dtype, {"kernel": out[0], "recurrent_kernel": out[1]})  # before any change
         self.input_dim = input_dim
         self.kernel, self.recurrent_kernel = out[0], out[1]
         self.bias = out[2] if c.use_bias else None

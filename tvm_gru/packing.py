@@ -24,7 +24,7 @@ import numpy as np
 
 from .runtime.buffers import aligned_empty
 
-__all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout"]
+__all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable"]
 
 
 def layout(config, lanes: int) -> dict:
@@ -86,6 +86,24 @@ def unpack_bias(packed: np.ndarray, units: int, reset_after: bool) -> np.ndarray
     return rows.copy() if reset_after else rows[0].copy()
 
 
+def check_storable(weight_dtype, matrices: dict) -> None:
+    """Refuse finite weights beyond the storage dtype's range (float16: |w| > 65504 would be stored as inf).
+
+    ``matrices``: ``{name: array}``. Smaller values round to nearest (below 6e-8 to zero, as float16 does).
+    """
+    dt = np.dtype(weight_dtype)
+    if dt != np.float16:
+        return
+    top = float(np.finfo(dt).max)
+    for name, w in matrices.items():
+        w = np.asarray(w)
+        finite = np.abs(w[np.isfinite(w)])
+        peak = float(finite.max()) if finite.size else 0.0
+        if peak > top:
+            raise ValueError(f"`weight_dtype`='float16': the {name} holds {peak:.6g}, beyond the largest float16 "
+                             f"({top:.6g}); keep weight_dtype='float32' for these weights")
+
+
 def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int, weight_dtype=None) -> dict:
     """All packed arrays a step kernel takes, by parameter name (see :func:`layout`).
 
@@ -94,6 +112,7 @@ def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int, weight_dtyp
     """
     sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
     wdt = config.dtype if weight_dtype is None else weight_dtype
+    check_storable(wdt, sources)
     out = {name: pack_matrix(sources[src], config.units, lanes, wdt, gates, fused)
            for name, (src, gates, fused) in layout(config, lanes).items()}
     if config.use_bias:
