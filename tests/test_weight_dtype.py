@@ -133,6 +133,18 @@ def test_committed_tuning_baselines_still_match():
     assert checked
     for key, workload in checked.items():
         assert _workload(_spec_of_key(key)) == workload, key
+    # on the machine kind they were tuned on, the records still apply: same hand-schedule sources, and every
+    # workload whose newest baseline says its record won is served the tuned module
+    host = targets.resolve("host")
+    mine = {e["spec"]: e for e in lines if e.get("target") == tuning_db.target_key(host)}  # newest per spec
+    if not mine:
+        return
+    assert {e["hand_source"] for e in mine.values()} == {tuning_db.hand_fingerprint(host)}
+    won = [k for k, e in mine.items()
+           if e.get("record") and e["tuned_seconds"] < e["seconds"] * (1 - tuning_db.MARGIN)]
+    assert won
+    for key in won:
+        assert tuning_db.lookup(compute.step_primfunc(_spec_of_key(key)), host) is not None, key
 
 
 # ------------------------------------------------------------------------------------ API
