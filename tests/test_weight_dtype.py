@@ -177,6 +177,10 @@ def test_get_weights_keep_float32_and_packed_weights_are_half():
         "kernel_packed": "float16", "recurrent_packed": "float16", "candidate_packed": "float16",
         "bias_packed": "float32"}
     assert np.count_nonzero(packed["kernel_packed"].astype(np.float32) != 0) == np.count_nonzero(kernel)
+    func = tvm_gru.primfunc(cell, batch=2)  # the IRModule API hands out the float16-storage kernel too
+    params = dict(re.findall(r'(\w+): T\.Buffer\(\([^)]*\), "(\w+)"', func.script()))
+    assert {n: params[n] for n in packed} == {n: str(a.dtype) for n, a in packed.items()}
+    assert params["x"] == params["h"] == params["h_new"] == "float32"
 
 
 def test_weights_beyond_float16_range_are_refused(tmp_path):
