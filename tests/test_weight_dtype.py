@@ -108,7 +108,8 @@ def test_float32_step_primfunc_hash_is_unchanged(key):
     assert spec.key() == key  # the key tune.py files baselines under is unchanged too
     assert _workload(spec) == HEAD_HASHES[key]
     # spelling the default out is the same kernel
-    assert _spec_of_key(key, weight_dtype="float32") == spec and _workload(_spec_of_key(key, "float32")) == HEAD_HASHES[key]
+    spelled = _spec_of_key(key, weight_dtype="float32")
+    assert spelled == spec and _workload(spelled) == HEAD_HASHES[key]
 
 
 def test_float16_is_another_workload():
@@ -374,7 +375,8 @@ def test_cli_weight_dtype(tmp_path, capsys):
     from tvm_gru import cli  # noqa: PLC0415
 
     out = tmp_path / "cli16"
-    assert cli.main(["export", "--units", "16", "--input-dim", "8", "--weight-dtype", "float16", "--out", str(out)]) == 0
+    assert cli.main(["export", "--units", "16", "--input-dim", "8", "--weight-dtype", "float16",
+                     "--out", str(out)]) == 0
     with np.load(out / "weights.npz") as data:
         assert str(data["kernel_packed"].dtype) == "float16"
     assert json.loads((out / METADATA).read_text())["weight_dtype"] == "float16"
@@ -473,7 +475,8 @@ def test_cuda_float16_artifact_builds(tmp_path):
 # ------------------------------------------------------------------------------------ CUDA numerics (GPU)
 GPU_CASES = [  # name, config, input_dim, batch sizes
     ("v1_default", dict(units=64), 32, (1, 3)),
-    ("sigmoid_ra_impl2", dict(units=64, recurrent_activation="sigmoid", reset_after=True, implementation=2), 32, (1, 3)),
+    ("sigmoid_ra_impl2", dict(units=64, recurrent_activation="sigmoid", reset_after=True, implementation=2), 32,
+     (1, 3)),
     ("ra_impl1_relu", dict(units=33, activation="relu", reset_after=True), 17, (1, 4)),
     ("bench_sigmoid_256", dict(units=256, recurrent_activation="sigmoid", reset_after=True, implementation=2),
      256, (1,)),
