@@ -5,7 +5,13 @@
 #     state and architectures are not touched: apt gets its own lists folder),
 #   * a site folder with the aarch64 wheels of apache-tvm-ffi, numpy and typing_extensions,
 #   * the aarch64 libtvm_runtime.so from the apache-tvm wheel (what parallel kernels link against), put where
-#     tvm_gru.export looks for it ($TVM_GRU_RUNTIME_LIBS, default ~/.cache/tvm_gru_runtime_libs).
+#     tvm_gru.export looks for it ($TVM_GRU_RUNTIME_LIBS, default ~/.cache/tvm_gru_runtime_libs),
+#   * for tuning over TVM's RPC (tests/test_arm_qemu_tune.py): an aarch64 TVM, runtime only, that runs
+#     `python -m tvm.exec.rpc_server` under emulation ($CACHE/tvm-rpc-<version>/site: the wheel's Python package
+#     and runtime libraries without its 240 MB compiler library and CUTLASS headers, plus the aarch64 wheels of
+#     ml_dtypes, psutil and cloudpickle), and $CACHE/bin/python3.11, a wrapper that starts the arm64 Python
+#     under qemu-aarch64 and is also its sys.executable (the server re-runs sys.executable for its worker; without
+#     binfmt_misc an aarch64 binary cannot be exec'ed directly).
 # Prints the cache folder last. Usage: bash .ci/setup_qemu.sh
 set -euo pipefail
 
@@ -35,11 +41,25 @@ if ((${#need[@]})); then
 fi
 
 runtime_lib="$LIBS/$TVM_VERSION/aarch64/libtvm_runtime.so"
-if [[ -f "$STAMP" && -f "$runtime_lib" ]]; then
+RPC="$CACHE/tvm-rpc-$TVM_VERSION"
+RPC_STAMP="$RPC/.complete-v1"
+if [[ -f "$STAMP" && -f "$runtime_lib" && -f "$RPC_STAMP" ]]; then
   echo "$CACHE"
   exit 0
 fi
 mkdir -p "$CACHE"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# The apache-tvm aarch64 wheel (94 MB), downloaded at most once per run, for steps 4 and 6.
+tvm_wheel() {
+  if ! ls "$tmp"/apache_tvm-*.whl >/dev/null 2>&1; then
+    log "apache-tvm $TVM_VERSION aarch64 wheel (94 MB)"
+    python3 -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 \
+      --no-deps -d "$tmp" "apache-tvm==$TVM_VERSION" >&2
+  fi
+  ls "$tmp"/apache_tvm-*.whl | head -1
+}
 
 # 2. arm64 Python sysroot
 if [[ ! -x "$CACHE/sysroot/usr/bin/$PY" ]]; then
@@ -75,11 +95,9 @@ fi
 # 4. aarch64 libtvm_runtime.so (from the 94 MB apache-tvm wheel; only the 3-4 MB library is kept)
 if [[ ! -f "$runtime_lib" ]]; then
   log "aarch64 libtvm_runtime.so from apache-tvm $TVM_VERSION"
-  tmp="$(mktemp -d)"
-  python3 -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 \
-    --no-deps -d "$tmp" "apache-tvm==$TVM_VERSION"
+  whl="$(tvm_wheel)"
   mkdir -p "$(dirname "$runtime_lib")"
-  python3 - "$tmp"/apache_tvm-*.whl "$runtime_lib" <<'PYEOF'
+  python3 - "$whl" "$runtime_lib" <<'PYEOF'
 import shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
     name = next(n for n in z.namelist() if n.endswith("tvm/lib/libtvm_runtime.so"))
@@ -87,11 +105,44 @@ with zipfile.ZipFile(sys.argv[1]) as z:
         shutil.copyfileobj(src, dst)
 shutil.move(sys.argv[2] + ".tmp", sys.argv[2])
 PYEOF
-  rm -rf "$tmp"
 fi
 
 # 5. smoke test: the emulated Python imports tvm_ffi and numpy
 PYTHONPATH="$CACHE/site" qemu-aarch64 -L "$CACHE/sysroot" "$CACHE/sysroot/usr/bin/$PY" \
   -c "import numpy, tvm_ffi; print('arm64 python', numpy.__version__, tvm_ffi.__version__)" >&2
 touch "$STAMP"
+
+# 6. aarch64 TVM (runtime only) for `python -m tvm.exec.rpc_server` under emulation, and the python3.11 wrapper
+mkdir -p "$CACHE/bin"
+cat > "$CACHE/bin/python3.11.tmp" <<WRAPPER
+#!/bin/sh
+# The arm64 Python 3.11 of the sysroot under qemu-aarch64 (written by .ci/setup_qemu.sh). -0 makes this
+# wrapper the emulated Python's sys.executable, so the Pythons it starts are emulated too.
+exec qemu-aarch64 -L "$CACHE/sysroot" -0 "\$0" "$CACHE/sysroot/usr/bin/$PY" "\$@"
+WRAPPER
+chmod +x "$CACHE/bin/python3.11.tmp" && mv "$CACHE/bin/python3.11.tmp" "$CACHE/bin/python3.11"
+if [[ ! -f "$RPC_STAMP" ]]; then
+  log "aarch64 TVM $TVM_VERSION (runtime only) for the RPC server"
+  whl="$(tvm_wheel)"
+  rm -rf "$RPC.tmp" && mkdir -p "$RPC.tmp/site" "$RPC.tmp/wheels"
+  python3 -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 3.11 \
+    --no-deps -d "$RPC.tmp/wheels" "ml_dtypes>=0.5" "psutil>=5.9" "cloudpickle>=2"
+  python3 - "$whl" "$RPC.tmp/site" <<'PYEOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:  # no compiler library (240 MB: tvm then imports runtime-only), no headers
+    z.extractall(sys.argv[2], [n for n in z.namelist()
+                               if not n.startswith("tvm/3rdparty/") and not n.endswith("/libtvm_compiler.so")])
+PYEOF
+  for w in "$RPC.tmp/wheels"/*.whl; do python3 -m zipfile -e "$w" "$RPC.tmp/site"; done
+  rm -rf "$RPC.tmp/wheels" "$RPC" && mv "$RPC.tmp" "$RPC"
+  # smoke test: the emulated Python imports TVM's RPC server (writing the .pyc files once: later starts are
+  # faster) and, with libtvm_runtime_extra.so (the server's --load-library), has the random fill that
+  # MetaSchedule's RPC runner calls
+  PYTHONPATH="$RPC/site:$CACHE/site" "$CACHE/bin/python3.11" -c "
+import ctypes, tvm, tvm.exec.rpc_server, tvm_ffi
+ctypes.CDLL('$RPC/site/tvm/lib/libtvm_runtime_extra.so', ctypes.RTLD_GLOBAL)
+assert tvm_ffi.get_global_func('tvm.contrib.random.random_fill', allow_missing=True) is not None
+print('arm64 tvm', tvm.__version__, 'runtime only' if tvm.base._RUNTIME_ONLY else 'with compiler')" >&2
+  touch "$RPC_STAMP"
+fi
 echo "$CACHE"

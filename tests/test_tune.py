@@ -418,14 +418,17 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
             tune.tune(**SMALL, trials=1, log_dir=tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("where", [None, "aarch64"], ids=["host", "aarch64"])
 @pytest.mark.parametrize("name", tune_space.SPACES)
-def test_design_spaces_generate(name):
+def test_design_spaces_generate(name, where):
+    """Also for aarch64: MetaSchedule's ARM defaults, which TuneContext builds for any "from-target" part, look up
+    the ARM tensor intrinsics by name (without them: "TensorIntrin 'dot_4x4_i8i8s32_neon' is not registered")."""
     from tvm.s_tir import meta_schedule as ms
 
-    target = targets.resolve(None)
+    target = targets.resolve(where)
     spec = _spec(target)
     func = compute.step_primfunc(spec)
-    with tune_measure.without_tensor_intrinsics():
+    with tune_measure.without_tensor_intrinsics(target):
         ctx = ms.TuneContext(tuning_db.module(func), target=target, space_generator=tune_space.space(
             name, func, spec, target), search_strategy="evolutionary", num_threads=1)
     spaces = ctx.generate_design_space()

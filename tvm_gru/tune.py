@@ -281,7 +281,7 @@ def _tune_missing(task, bench, design, before, trials, per_batch, cost_model, se
     def best_so_far():
         return min(map(tuning_db.record_seconds, task.records()[1]), default=None)
 
-    with without_tensor_intrinsics():
+    with without_tensor_intrinsics(task.target):
         ctx = ms.TuneContext(task.mod, target=task.target, space_generator=design,
                              search_strategy=ms.search_strategy.EvolutionarySearch(
                                  population_size=128, init_min_unmeasured=16, genetic_num_iters=2),

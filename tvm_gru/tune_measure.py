@@ -25,10 +25,13 @@ EVALUATOR = {"number": 1, "repeat": 5, "min_repeat_ms": 20}
 
 
 @contextlib.contextmanager
-def without_tensor_intrinsics():
+def without_tensor_intrinsics(target=None):
     """Let ``TuneContext`` import ``tvm.s_tir.tensor_intrin`` as an empty package (see :mod:`tvm_gru.tune`).
 
-    Its submodules stay importable; the stub is removed afterwards, so a later real import registers them.
+    Its submodules stay importable; the stub is removed afterwards, so a later real import registers them. For an
+    aarch64 ``target`` the ARM intrinsics alone are registered (about 2 s): MetaSchedule's ARM defaults, which
+    ``TuneContext`` builds whenever a space takes any of its parts "from-target", look them up by name and abort
+    without them ("TensorIntrin 'dot_4x4_i8i8s32_neon' is not registered").
     """
     name = "tvm.s_tir.tensor_intrin"
     if name in sys.modules:
@@ -38,10 +41,18 @@ def without_tensor_intrinsics():
     stub.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
     sys.modules[name] = stub
     try:
+        if target is not None and _is_aarch64(target):
+            importlib.import_module(name + ".arm_cpu")  # stays registered (and in sys.modules) afterwards
         yield
     finally:
         if sys.modules.get(name) is stub:
             del sys.modules[name]
+
+
+def _is_aarch64(target) -> bool:
+    from .targets import family  # noqa: PLC0415
+
+    return target.kind.name == "llvm" and family(target) == "aarch64"
 
 
 def _build(mod, target):
