@@ -74,6 +74,36 @@ def test_any_length_one_kernel(steps):
     _check(state, final, "float32")
 
 
+@pytest.mark.parametrize("steps", [1, 3, 4, 5, 8, 11, 21])  # < MR, = MR, partial last group, several groups
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "go_backwards"])
+def test_input_projection_in_barrier(steps, reverse):
+    # Batch 1, two parts, the projection deferred into the barrier waits: only steps < MR up front, the rest
+    # one group ahead (H=37: 5 blocks split 2/3, so the per-iteration block slices are uneven and some empty).
+    spec = SequenceSpec(GRUConfig(units=37), batch=1, input_dim=6)
+    sched = SequenceSchedule(threads=2, gemm_rows=4, batch_tile=1, unit_blocks=2, candidate_blocks=2,
+                             gemm_in_barrier=True)
+    seq, last, state, outs, final = _run(spec, sched, steps=steps, reverse=reverse, seed=steps)
+    _check(seq, outs, "float32")
+    _check(last, outs[-1], "float32")
+    _check(state, final, "float32")
+
+
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
+def test_input_projection_in_barrier_masked_dropout(time_major):
+    rng = np.random.default_rng(11)
+    mask = rng.random((9, 1)) > 0.3
+    input_masks = (rng.random((3, 1, 5)) > 0.3).astype("float32") / 0.7
+    spec = SequenceSpec(GRUConfig(units=20, dropout=0.3), batch=1, input_dim=5, time_major=time_major, masked=True,
+                        input_masks=3)
+    sched = SequenceSchedule(threads=2, gemm_rows=4, batch_tile=1, unit_blocks=2, candidate_blocks=2,
+                             gemm_in_barrier=True)
+    for reverse in (False, True):
+        seq, last, state, outs, final = _run(spec, sched, steps=9, reverse=reverse, mask=mask,
+                                             input_masks=input_masks)
+        _check(seq, outs, "float32")
+        _check(state, final, "float32")
+
+
 @pytest.mark.parametrize("reset_after", [False, True], ids=["ra0", "ra1"])
 @pytest.mark.parametrize("zero_output", [False, True], ids=["repeat_output", "zero_output"])
 def test_mask_reverse_time_major(reset_after, zero_output):
@@ -126,3 +156,5 @@ def test_default_schedule_fits_registers(shape):
             assert accumulators <= rule.max_accumulators
             assert accumulators + min(sched.batch_tile, blocks * gates) + 1 <= 16
         assert 1 <= sched.threads <= 2
+        # the projection moves into the barrier waits only at batch 1 with small input weights per core
+        assert sched.gemm_in_barrier == (shape == (1, 64, 128) and not reset_after)
