@@ -284,3 +284,26 @@ def test_foreign_target_is_refused_clearly():
     layer = _layer(target="aarch64")
     with pytest.raises(RuntimeError, match="cannot run in this process"):
         layer(np.ones((1, 2, 4), "float32"))
+
+
+@pytest.mark.parametrize("stateful", [False, True], ids=["plain", "stateful"])
+def test_initial_state_on_the_fast_path(stateful):
+    """Calls with ``initial_state`` (numpy, list of one or bare) take the streaming fast path once it exists,
+    and give the reference's numbers; a state of another dtype or layout still works through the checked path."""
+    rng = np.random.default_rng(11)
+    layer = _layer(units=16, input_dim=5, return_state=True, stateful=stateful)
+    x = rng.uniform(-1, 1, (3, 6, 5)).astype("float32")
+    h0 = rng.uniform(-1, 1, (3, 16)).astype("float32")
+    layer(x)  # builds the runner and the fast path
+    assert layer._fast is not None
+    checked = []
+    slow = layer._call_checked
+    layer._call_checked = lambda *a: checked.append(1) or slow(*a)
+    outs, state = _oracle(layer, x, h0)
+    for initial in ([h0], (h0,), h0, [h0.astype(np.float64)], [np.asfortranarray(h0)]):
+        out, new_state = layer(x, initial_state=initial)
+        _close(out, outs[-1])
+        _close(new_state, state)
+    assert len(checked) == 2  # float64 and Fortran-ordered states fall back to the checked path, which converts
+    if stateful:  # the carried state is the last call's
+        _close(layer.states[0], state)

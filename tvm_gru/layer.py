@@ -229,12 +229,16 @@ class GRU(SequenceLayerCalls):
         output : (B, T, H) if ``return_sequences`` else (B, H); with ``return_state``: ``[output, state]``
         """
         fast = self._fast
-        if fast is not None and mask is None and initial_state is None and (training is None or training is False) \
+        if fast is not None and mask is None and (training is None or training is False) \
                 and type(inputs) is np.ndarray:
-            try:
-                return fast(inputs)
-            except (TypeError, ValueError, IndexError, BufferError):
-                pass  # not the compiled shape/dtype/layout: the checked path says why or converts
+            h0 = initial_state
+            if type(h0) is list or type(h0) is tuple:
+                h0 = h0[0] if len(h0) == 1 else False
+            if h0 is None or type(h0) is np.ndarray:
+                try:
+                    return fast(inputs, h0)
+                except (TypeError, ValueError, IndexError, BufferError):
+                    pass  # not the compiled shape/dtype/layout: the checked path says why or converts
         return self._call_checked(inputs, mask, training, initial_state)
 
     def _call_checked(self, inputs, mask, training, initial_state):
@@ -257,7 +261,7 @@ class GRU(SequenceLayerCalls):
         if batch == 0 or steps == 0:
             return self._empty_call(x.shape, h0)
         runner = self._runner(batch, valid is not None, masks)
-        if valid is None and not masks and initial_state is None:
+        if valid is None and not masks:
             self._fast = runner.fast
         extra = list(masks[:1])
         if len(masks) == 2:
@@ -383,7 +387,8 @@ class _Runner:
         plain = not stateful and not layer.return_state and layer.activity_regularizer is None
         zeros, finish, outputs, max_steps = self.zeros, self._finish, self._outputs, self.max_steps
 
-        def fast(x):
+        def fast(x, initial=None):
+            """``initial``: a (B, H) numpy array overriding the zero or carried state (the kernel checks it)."""
             layer._check_fresh()  # noqa: SLF001
             steps = x.shape[time_axis]
             if steps == 0 or steps > max_steps:
@@ -394,6 +399,8 @@ class _Runner:
                 if states is None or states[0].shape[0] != spec.batch:
                     raise ValueError("stateful layer: no state for this batch yet")
                 h0 = states[0]
+            if initial is not None:
+                h0 = initial
             seq, last, state = outputs(steps)
             fn = self.short_fn if steps <= self.short_steps else self.fn
             if seq is None:
