@@ -115,17 +115,22 @@ def emulated_run(tmp_path_factory):
     blob = bytearray((tampered / "kernel.so").read_bytes())
     blob[-1] ^= 0xFF
     (tampered / "kernel.so").write_bytes(blob)
+    return cases, expected, run_emulated(kit, root, EMULATED, cases, tampered)
+
+
+def run_emulated(kit: Path, root: Path, script: str, cases: list, *extra) -> dict:
+    """Run ``script`` with the arm64 Python under qemu-aarch64 on ``cases`` (written to ``root/cases.json``);
+    it writes its results to ``root/out.npz``, returned as a dict. ``extra`` paths follow on its command line."""
     (root / "cases.json").write_text(json.dumps(cases))
-    (root / "emulated.py").write_text(EMULATED)
+    (root / "emulated.py").write_text(script)
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(kit / "site"), "PYTHONDONTWRITEBYTECODE": "1",
            "TVM_NUM_THREADS": "2"}
     cmd = ["qemu-aarch64", "-L", str(kit / "sysroot"), str(kit / "sysroot/usr/bin/python3.11"),
-           str(root / "emulated.py"), str(root / "cases.json"), str(root / "out.npz"), str(tampered)]
+           str(root / "emulated.py"), str(root / "cases.json"), str(root / "out.npz"), *map(str, extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 0, f"emulated run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
     with np.load(root / "out.npz") as data:
-        results = {k: data[k] for k in data.files}
-    return cases, expected, results
+        return {k: data[k] for k in data.files}
 
 
 def test_artifacts_are_aarch64(emulated_run):

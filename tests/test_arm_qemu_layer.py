@@ -8,15 +8,13 @@ runtime bundled in each artifact; the host compares the results with the float64
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import tolerance
-from test_arm_qemu import _kit
+from test_arm_qemu import _kit, run_emulated
 from test_sequence_reference import keras_rnn
 
 import tvm_gru
@@ -143,17 +141,7 @@ def emulated_run(tmp_path_factory):
     blob = bytearray((tampered / "kernel.so").read_bytes())
     blob[len(blob) // 3] ^= 0x01
     (tampered / "kernel.so").write_bytes(blob)
-    (root / "cases.json").write_text(json.dumps(cases))
-    (root / "emulated.py").write_text(EMULATED)
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(kit / "site"), "PYTHONDONTWRITEBYTECODE": "1",
-           "TVM_NUM_THREADS": "2"}
-    cmd = ["qemu-aarch64", "-L", str(kit / "sysroot"), str(kit / "sysroot/usr/bin/python3.11"),
-           str(root / "emulated.py"), str(root / "cases.json"), str(root / "out.npz"), str(tampered)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert proc.returncode == 0, f"emulated run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    with np.load(root / "out.npz") as data:
-        results = {k: data[k] for k in data.files}
-    return cases, expected, results, layers
+    return cases, expected, run_emulated(kit, root, EMULATED, cases, tampered), layers
 
 
 def test_layer_artifacts_are_aarch64_with_their_runtime(emulated_run):

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -392,7 +391,7 @@ def test_cli_weight_dtype(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ aarch64 under qemu
 def test_aarch64_float16_artifact_under_qemu(tmp_path):
-    from test_arm_qemu import EMULATED, _kit  # noqa: PLC0415
+    from test_arm_qemu import EMULATED, _kit, run_emulated  # noqa: PLC0415
 
     kit = _kit()
     cell = _cell(units=20, input_dim=12, seed=11, recurrent_activation="sigmoid")
@@ -404,21 +403,13 @@ def test_aarch64_float16_artifact_under_qemu(tmp_path):
         inputs[f"x{b}"], inputs[f"h{b}"] = x, h
         expected[b] = reference.step(cell.config, x, h, *_rounded(cell.get_weights()))
     np.savez(tmp_path / "in.npz", **inputs)
-    (tmp_path / "cases.json").write_text(json.dumps([{"name": "arm16", "artifact": str(art),
-                                                      "inputs": str(tmp_path / "in.npz")}]))
-    (tmp_path / "emulated.py").write_text(EMULATED)
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(kit / "site"), "PYTHONDONTWRITEBYTECODE": "1",
-           "TVM_NUM_THREADS": "2"}
-    cmd = ["qemu-aarch64", "-L", str(kit / "sysroot"), str(kit / "sysroot/usr/bin/python3.11"),
-           str(tmp_path / "emulated.py"), str(tmp_path / "cases.json"), str(tmp_path / "out.npz"), str(art)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert proc.returncode == 0, f"emulated run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    with np.load(tmp_path / "out.npz") as data:
-        for b, ref in expected.items():
-            got = data[f"arm16/{b}"]
-            err = float(np.max(np.abs(got - ref)))
-            assert err <= 1e-5 * max(1.0, float(np.max(np.abs(ref)))), f"batch {b}: {err:.3e}"
-        assert data["modules"].size == 0  # numpy + apache-tvm-ffi only on the board
+    data = run_emulated(kit, tmp_path, EMULATED, [{"name": "arm16", "artifact": str(art),
+                                                   "inputs": str(tmp_path / "in.npz")}], art)
+    for b, ref in expected.items():
+        got = data[f"arm16/{b}"]
+        err = float(np.max(np.abs(got - ref)))
+        assert err <= 1e-5 * max(1.0, float(np.max(np.abs(ref)))), f"batch {b}: {err:.3e}"
+    assert data["modules"].size == 0  # numpy + apache-tvm-ffi only on the board
 
 
 # ------------------------------------------------------------------------------------ CUDA, structural (no GPU)
