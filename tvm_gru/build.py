@@ -104,22 +104,32 @@ def compile_step(spec: StepSpec, target=None):
 
 
 def _load_or_build(spec, target, key):
-    path = cache_dir() / f"step-{key}.so"
+    from .sequence import vectorizable_isnan  # noqa: PLC0415
+
+    def build():
+        with vectorizable_isnan():  # else the NaN-safe activations scalarise the whole epilogue
+            return tvm.compile(scheduled_module(spec, target), target=target)
+    return load_or_compile(cache_dir() / f"step-{key}.so", build)
+
+
+def load_or_compile(path: Path, build):
+    """The ``main`` function of the library cached at ``path``, or of ``build()`` (a TVM executable) saved there.
+
+    An unreadable entry (truncated, foreign) is rebuilt. Writes are atomic: concurrent builders each write their
+    own temporary file and the last rename wins. Without a writable cache the JIT module is kept in memory only.
+    """
     if path.exists():
         try:
             return tvm.runtime.load_module(str(path))["main"]
         except Exception as err:  # a truncated or foreign file: rebuild it  # noqa: BLE001
             log.warning("tvm_gru: discarding unreadable cache entry %s (%s)", path, err)
-    from .sequence import vectorizable_isnan  # noqa: PLC0415
-
-    with vectorizable_isnan():  # else the NaN-safe activations scalarise the whole epilogue
-        executable = tvm.compile(scheduled_module(spec, target), target=target)
+    executable = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so")
         os.close(fd)
         executable.export_library(tmp)
-        os.replace(tmp, path)  # atomic: concurrent builders each write their own file, the last rename wins
+        os.replace(tmp, path)
         return tvm.runtime.load_module(str(path))["main"]
     except OSError as err:  # read-only home, no compiler: keep the JIT module in memory only
         log.warning("tvm_gru: compile cache disabled (%s)", err)

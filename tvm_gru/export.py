@@ -339,7 +339,7 @@ def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
     """
     import tvm  # noqa: PLC0415
 
-    from .sequence import SequenceSpec, _rule, scheduled_sequence, vectorizable_isnan  # noqa: PLC0415
+    from .sequence import SequenceSpec, _rule, compile_sequence_module, scheduled_sequence  # noqa: PLC0415
 
     rule = _rule(target)
     funcs, table = {}, {}
@@ -361,9 +361,7 @@ def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
                 func = scheduled_sequence(spec, target, schedule)["main"]
                 funcs[name] = func.with_attr("global_symbol", name)
                 entry[key] = name
-    # the same pass configuration as the in-process compile (tvm_gru.sequence._load_or_build)
-    with vectorizable_isnan(), tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
-        return tvm.compile(tvm.IRModule(funcs), target=target), table
+    return compile_sequence_module(tvm.IRModule(funcs), target), table  # the in-process compile's passes
 
 
 def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:

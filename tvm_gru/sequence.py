@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +33,6 @@ from .packing import pack_bias, pack_matrix
 from .runtime.buffers import aligned_empty
 
 __all__ = ["SequenceSpec", "pack_sequence_weights", "GateMath", "compile_sequence", "compile_short_sequence"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,32 +270,24 @@ def vectorizable_isnan():
         op.reset_attr("TVectorizable")
 
 
-def _load_or_build(spec, target, schedule, key):
+def compile_sequence_module(mod, target):
+    """``tvm.compile`` for sequence kernels (the step's vectorisable NaN test, no storage rewrite).
+
+    StorageRewrite would merge the register-tile accumulators into the big workspaces, turning them into
+    memory that LLVM cannot promote to registers (measured: the GEMM tile then stores all 12 accumulators
+    every k). Every allocation here is already sized and placed by the schedule.
+    """
     import tvm  # noqa: PLC0415
 
-    from .build import cache_dir  # noqa: PLC0415
-
-    path = cache_dir() / f"{key}-seq.so"
-    if path.exists():
-        try:
-            return tvm.runtime.load_module(str(path))["main"]
-        except Exception as err:  # a truncated or foreign file: rebuild it  # noqa: BLE001
-            log.warning("tvm_gru: discarding unreadable cache entry %s (%s)", path, err)
-    # StorageRewrite would merge the register-tile accumulators into the big workspaces, turning them into
-    # memory that LLVM cannot promote to registers (measured: the GEMM tile then stores all 12 accumulators
-    # every k). Every allocation here is already sized and placed by the schedule.
     with vectorizable_isnan(), tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
-        executable = tvm.compile(scheduled_sequence(spec, target, schedule), target=target)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so")
-        os.close(fd)
-        executable.export_library(tmp)
-        os.replace(tmp, path)
-        return tvm.runtime.load_module(str(path))["main"]
-    except OSError as err:  # read-only home, no compiler: keep the JIT module in memory only
-        log.warning("tvm_gru: compile cache disabled (%s)", err)
-        return executable.jit()["main"]
+        return tvm.compile(mod, target=target)
+
+
+def _load_or_build(spec, target, schedule, key):
+    from .build import cache_dir, load_or_compile  # noqa: PLC0415
+
+    return load_or_compile(cache_dir() / f"{key}-seq.so",
+                           lambda: compile_sequence_module(scheduled_sequence(spec, target, schedule), target))
 
 
 def padded_recurrent_mask(mask: np.ndarray, lanes: int) -> np.ndarray:
