@@ -26,3 +26,17 @@ def tolerance(dtype, reference) -> float:
     """Absolute tolerance for comparing a kernel against a reference of magnitude ``|reference|``."""
     scale = max(1.0, float(np.max(np.abs(reference)))) if np.size(reference) else 1.0
     return (2e-5 if np.dtype(dtype) == np.float32 else 1e-11) * scale
+
+
+def assert_tampered_kernel_refused(artifact: Path) -> None:
+    """Flip a byte of ``artifact``'s kernel.so: ``load`` must refuse it before the library is ever mapped."""
+    from tvm_gru.runtime.artifact import ArtifactError, load  # noqa: PLC0415
+
+    blob = bytearray((artifact / "kernel.so").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (artifact / "kernel.so").write_bytes(blob)
+    with pytest.raises(ArtifactError, match="kernel.so is damaged or was modified"):
+        load(artifact)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(artifact / "kernel.so") not in maps.read_text()
