@@ -308,22 +308,23 @@ _CELL_ATTRS = frozenset({
 class _Runner:
     """The compiled sequence kernels of one batch size / variant, bound to the packed weights and scratch.
 
-    Only the arrays handed back to the caller are allocated per call; the zero initial state, the unused
-    ``last`` / ``state`` outputs and a stateful layer's two state buffers are reused. Calls of a few steps
-    (streaming) may run a serial kernel (see ``CPUSequenceRule.short_schedule``).
+    Nothing the caller does not get back is allocated or exported per call (see
+    :class:`tvm_gru.runtime.ffi_args.SequenceOutputs`): the zero initial state, the unused ``last`` / ``state``
+    outputs and a stateful layer's two state buffers are wrapped once, and returned outputs come from pools.
+    Calls of a few steps (streaming) may run a serial kernel (see ``CPUSequenceRule.short_schedule``).
     """
 
     def __init__(self, layer, spec, packed):
+        from .runtime.ffi_args import SequenceOutputs  # noqa: PLC0415
         from .sequence import compile_sequence, compile_short_sequence  # noqa: PLC0415 (compiler on first call)
 
         self.layer, self.spec = layer, spec
         target = layer.cell.target
         self.fn = compile_sequence(spec, target)
         self.short_steps, self.short_fn = compile_short_sequence(spec, target) or (0, None)
-        shape = (spec.batch, spec.config.units)
         self.dtype = np.dtype(spec.config.dtype)
-        self.zeros = np.zeros(shape, self.dtype)
-        self.scratch = [np.empty(shape, self.dtype) for _ in range(2)]
+        self.outputs = SequenceOutputs(spec.batch, spec.config.units, self.dtype, spec.return_sequences,
+                                       spec.time_major, layer.return_state and not layer.stateful)
         # The kernel's per-call buffers (inputs, input projections, outputs) grow with the step count, and it
         # indexes them with 32-bit integers: longer calls are refused (a stateful layer can take them in chunks).
         self.max_steps = max_steps(spec.batch, spec.input_dim, spec.config.units)  # longer: the checked path refuses
@@ -339,32 +340,20 @@ class _Runner:
     def kernel(self, steps):
         return self.short_fn if steps <= self.short_steps else self.fn
 
-    def run(self, x, h0, valid, extra):
-        """Checked path: ``x`` is contiguous of the kernel dtype, ``h0`` (B, H) or None for zeros."""
-        spec = self.spec
-        steps = x.shape[0] if spec.time_major else x.shape[1]
-        seq, last, state = self._outputs(steps)
-        args = [x, self.zeros if h0 is None else h0] + ([valid] if valid is not None else []) + [*self.wargs, *extra]
-        args += ([seq] if seq is not None else []) + [last, state, int(self.layer.go_backwards)]
-        self.kernel(steps)(*args)
-        return self._finish(seq, last, state)
+    def _call(self, x, h0, steps, valid=None, extra=()):
+        """Run the kernel; ``h0`` None = the zero state (or, when stateful, the carried one)."""
+        layer = self.layer
+        arrays, carried, out_args = self.outputs.take(steps, layer._states if layer.stateful else None)  # noqa: SLF001
+        head = (x, carried if h0 is None else h0) if valid is None else (x, carried if h0 is None else h0, valid)
+        self.kernel(steps)(*head, *self.wargs, *extra, *out_args, int(layer.go_backwards))
+        return self._finish(*arrays)
 
-    def _outputs(self, steps):
-        layer, spec = self.layer, self.spec
-        shape = (spec.batch, spec.config.units)
-        seq = None
-        if spec.return_sequences:
-            seq = np.empty((steps, *shape) if spec.time_major else (shape[0], steps, shape[1]), self.dtype)
-            last = self.scratch[0]
-        else:
-            last = np.empty(shape, self.dtype)
-        if layer.stateful:
-            state = layer._states[1]  # noqa: SLF001
-        elif layer.return_state:
-            state = np.empty(shape, self.dtype)
-        else:
-            state = self.scratch[1]
-        return seq, last, state
+    def run(self, x, h0, valid, extra):
+        """Checked path: ``x`` is contiguous of the kernel dtype, ``h0`` (B, H) or None for zeros / carried."""
+        steps = x.shape[0] if self.spec.time_major else x.shape[1]
+        if self.layer.stateful and h0 is self.layer._states[0]:  # noqa: SLF001
+            h0 = None  # the carried state: through its cached tensor
+        return self._call(x, h0, steps, valid, extra)
 
     def _finish(self, seq, last, state):
         layer = self.layer
@@ -379,36 +368,38 @@ class _Runner:
         return result
 
     def _make_fast(self):
-        """The streaming path: no checks beyond the kernel's own argument binder, nothing allocated but outputs."""
-        layer, spec = self.layer, self.spec
+        """The path of repeated calls: no checks beyond the kernel's own argument binder, nothing allocated or
+        exported but the input and the returned outputs. The frame-by-frame streaming case (stateful, last
+        output only) is spelled out: its Python is most of a small frame's cost."""
+        layer, spec, cell = self.layer, self.spec, self.layer.cell
         time_axis = 0 if spec.time_major else 1
-        reverse = int(layer.go_backwards)
-        stateful = layer.stateful
-        plain = not stateful and not layer.return_state and layer.activity_regularizer is None
-        zeros, finish, outputs, max_steps = self.zeros, self._finish, self._outputs, self.max_steps
+        batch, max_steps, call = spec.batch, self.max_steps, self._call
+        short_steps, short_fn, full_fn = self.short_steps, self.short_fn, self.fn
+        stateful, reverse = layer.stateful, int(layer.go_backwards)
+        last_pool, state_pair = self.outputs.last, self.outputs.state_pair
+        streaming = (stateful and not spec.return_sequences and not layer.return_state
+                     and layer.activity_regularizer is None)
 
         def fast(x, initial=None):
             """``initial``: a (B, H) numpy array overriding the zero or carried state (the kernel checks it)."""
-            layer._check_fresh()  # noqa: SLF001
+            src = layer._packed_src  # noqa: SLF001 (the cell's weights replaced behind the layer's back?)
+            if src[0] is not cell.kernel or src[1] is not cell.recurrent_kernel or src[2] is not cell.bias:
+                layer._repack()  # noqa: SLF001
             steps = x.shape[time_axis]
             if steps == 0 or steps > max_steps:
                 raise ValueError("empty or too long sequence")  # the checked path handles it
-            h0 = zeros
-            if stateful:
-                states = layer._states  # noqa: SLF001
-                if states is None or states[0].shape[0] != spec.batch:
-                    raise ValueError("stateful layer: no state for this batch yet")
-                h0 = states[0]
-            if initial is not None:
-                h0 = initial
-            seq, last, state = outputs(steps)
-            fn = self.short_fn if steps <= self.short_steps else self.fn
-            if seq is None:
-                fn(x, h0, *self.wargs, last, state, reverse)
-            else:
-                fn(x, h0, *self.wargs, seq, last, state, reverse)
-            if plain:
-                return last if seq is None else seq
-            return finish(seq, last, state)
+            if not stateful:
+                return call(x, initial, steps)
+            states = layer._states  # noqa: SLF001
+            if states is None or states[0].shape[0] != batch:
+                raise ValueError("stateful layer: no state for this batch yet")
+            if not streaming:
+                return call(x, initial, steps)
+            h0, state_t = state_pair(states)
+            out, out_t = last_pool.take()
+            (short_fn if steps <= short_steps else full_fn)(x, h0 if initial is None else initial, *self.wargs,
+                                                            out_t, state_t, reverse)
+            states.reverse()  # the new state, in the spare buffer, becomes current
+            return out
 
         return fast

@@ -19,6 +19,7 @@ import numpy as np
 import tvm_ffi
 
 from .artifact import ArtifactError, _aligned, _host_array, _unpack
+from .ffi_args import SequenceOutputs
 from .layer_calls import SequenceLayerCalls, kernel_view
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
@@ -132,7 +133,7 @@ class DeployedGRU(SequenceLayerCalls):
         self._kernels = {int(b): _Kernels(module, entry) for b, entry in meta["kernel"]["functions"].items()}
         self.batch_sizes = tuple(sorted(self._kernels))
         self._module = module  # keeps the library loaded
-        self._zeros = {}
+        self._outputs = {}  # batch -> SequenceOutputs
         self._states = None  # stateful: [current, spare] (B, H), swapped after each call
 
     _array = staticmethod(_host_array)
@@ -197,19 +198,15 @@ class DeployedGRU(SequenceLayerCalls):
         if batch == 0 or steps == 0:
             return self._empty_call(x.shape, h0)
         fn = self._kernels[batch].pick(steps, valid is not None)
-        shape = (batch, self.units)
-        seq = None
-        if self.return_sequences:
-            seq = np.empty((steps, *shape) if self.time_major else (batch, steps, self.units), self.dtype)
-        last = np.empty(shape, self.dtype)
-        state = self._states[1] if self.stateful else np.empty(shape, self.dtype)
-        if h0 is None:
-            h0 = self._zeros.get(batch)
-            if h0 is None:
-                h0 = self._zeros[batch] = np.zeros(shape, self.dtype)
-        args = [x, h0] + ([valid] if valid is not None else []) + list(self._wargs)
-        args += ([seq] if seq is not None else []) + [last, state, self.reverse]
-        fn(*args)
+        outputs = self._outputs.get(batch)
+        if outputs is None:
+            outputs = self._outputs[batch] = SequenceOutputs(batch, self.units, self.dtype, self.return_sequences,
+                                                             self.time_major, self.return_state and not self.stateful)
+        (seq, last, state), carried, out_args = outputs.take(steps, self._states if self.stateful else None)
+        if h0 is None or (self.stateful and h0 is self._states[0]):
+            h0 = carried  # zeros or the carried state, through their cached tensors
+        head = [x, h0] + ([valid] if valid is not None else [])
+        fn(*head, *self._wargs, *out_args, self.reverse)
         if self.stateful:  # the kernel wrote the new state into the spare buffer: it becomes current
             self._states.reverse()
         out = seq if seq is not None else last
