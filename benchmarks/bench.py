@@ -34,6 +34,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,15 +271,51 @@ def torch_peers(case: Case, kind: str, threads: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-# TVM's pool workers spin ~0.3 s after a parallel call (and onnxruntime's and torch's spin too): a peer timed
-# right after another shares the cores with those spinning threads (measured here: onnxruntime up to 10x slower
-# right after a tvm_gru block). ``--settle 0.4`` starts each timed block after that pause; on this VM it made
-# tvm_gru's parallel kernels 2-3x slower than timed alone (not explained yet), so it is off by default.
+# Every peer brings a thread pool (TVM's, onnxruntime's, OpenBLAS's for numpy, torch's) whose workers spin for a
+# while after a call before they sleep. On 2 cores, a peer timed while another pool still spins shares its cores
+# with those threads, and a parallel kernel then waits for a descheduled worker at every barrier: measured here
+# (8x256x256 step, blocks interleaved with no pause) tvm_gru 60 us alone but 3,600-4,000 us right after
+# onnxruntime or numpy blocks, and numpy up to 24 ms right after tvm_gru. So each timed block starts only once
+# every other thread of the process has gone idle (their CPU time in /proc/self/task stops growing), then warms
+# up its own pool. ``--settle S`` adds a fixed pause on top.
 SETTLE_S = 0.0
+QUIET_WINDOW_S = 0.02  # no other thread ran for this long: their pools are parked
+QUIET_MAX_S = 2.0
+
+
+def _other_threads_cpu() -> int:
+    """CPU ticks (user + system) used so far by the process's threads other than the calling one."""
+    me, total = threading.get_native_id(), 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread exited
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
+def wait_until_quiet(window_s: float = QUIET_WINDOW_S, max_s: float = QUIET_MAX_S) -> float:
+    """Sleep until no other thread of this process used CPU for ``window_s`` (at most ``max_s``); the wait."""
+    if not os.path.isdir("/proc/self/task"):
+        time.sleep(window_s)
+        return window_s
+    t0 = time.perf_counter()
+    before = _other_threads_cpu()
+    while time.perf_counter() - t0 < max_s:
+        time.sleep(window_s)
+        now = _other_threads_cpu()
+        if now == before:
+            break
+        before = now
+    return time.perf_counter() - t0
 
 
 def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = SETTLE_S) -> dict:
-    """Median/min per-call time (us) of each callable, timed round-robin, each block after ``settle_s`` idle."""
+    """Median/min per-call time (us) of each callable, timed round-robin, each block on quiet cores."""
     calls = {}
     for name, fn in fns.items():
         fn()
@@ -290,7 +327,8 @@ def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = S
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
-            time.sleep(settle_s)  # the previous peer's spinning threads park
+            time.sleep(settle_s)
+            wait_until_quiet()  # the previous peer's spinning threads have parked
             for _ in range(max(1, n // 10)):  # warm-up: caches, this peer's own threads awake
                 fn()
             t0 = time.perf_counter()
