@@ -105,3 +105,29 @@ def test_sequence_outputs_route_states():
     assert state is states[1] and h0_next is tensors[2]  # the spare written last call is now the carried state
     (seq, last, state), h0, tensors = SequenceOutputs(2, 3, np.float32, False, False, True).take(1)
     assert seq is None and last.shape == state.shape == (2, 3) and last is not state and len(tensors) == 2
+
+
+def test_deployed_cell_and_layer_outputs_kept_stay_intact(tmp_path):
+    """The same contract through artifacts (``tvm_gru.load``), whose host calls use the same pools."""
+    cell = tvm_gru.GRUCell(8, seed=4, bias_initializer="random_uniform")
+    cell.build((1, 3))
+    deployed = tvm_gru.load(cell.export(tmp_path / "cell", batch=1))
+    layer = tvm_gru.GRU(8, stateful=True, seed=4, bias_initializer="random_uniform")
+    layer.build((1, 1, 3))
+    layer.set_weights(cell.get_weights())
+    streamed = tvm_gru.load(layer.export(tmp_path / "layer", batch=1))
+    xs = np.random.default_rng(5).uniform(-1, 1, (6, 1, 3)).astype(np.float32)
+    ref = reference.sequence(cell.config, xs, np.zeros((1, 8)), *cell.get_weights())
+    state, steps, frames = [np.zeros((1, 8), np.float32)], [], []
+    for x in xs:
+        out, state = deployed(x, state)
+        steps.append(out)
+        frames.append(streamed(x[:, None, :]))
+    for t in range(len(xs)):
+        np.testing.assert_allclose(steps[t], ref[t], rtol=0, atol=tolerance("float32", ref), err_msg=f"cell {t}")
+        np.testing.assert_allclose(frames[t], ref[t], rtol=0, atol=tolerance("float32", ref), err_msg=f"layer {t}")
+    dropped = [weakref.ref(s) for s in steps]
+    state = [steps[-1].copy()]
+    del steps, out
+    recycled = deployed(xs[0], state)[0]
+    assert any(ref() is recycled for ref in dropped)  # an earlier output nobody holds any more, not a new one

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import tvm_ffi
 
+from .ffi_args import OutputPool
+
 __all__ = ["load", "DeployedCell", "ArtifactError", "FORMAT", "FORMAT_VERSION", "KIND_VERSIONS", "METADATA",
            "verify"]
 
@@ -398,6 +400,7 @@ class DeployedCell:
             self._staging = {}
         else:
             self._weights = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
+        self._outputs = {}  # batch -> OutputPool of host outputs
 
     # ------------------------------------------------------------------ Keras-like properties
     @property
@@ -468,7 +471,12 @@ class DeployedCell:
         if nested and not states:
             raise ValueError("`states` must hold one (batch, units) array; received an empty sequence")
         h = states[0] if nested else states
-        out = self._call_fast(inputs, h) if self._cuda else None
+        if self._cuda:
+            out = self._call_fast(inputs, h)
+        elif type(inputs) is np.ndarray and type(h) is np.ndarray and (training is None or training is False):
+            out = self._call_host_fast(inputs, h)
+        else:
+            out = None
         if out is None:
             if self._cuda and _is_device_tensor(inputs) and _is_device_tensor(h):
                 out = self._call_device(inputs, h)
@@ -499,10 +507,12 @@ class DeployedCell:
         batch = self._check(x.shape, h.shape, x.dtype, h.dtype)
         x = _writeable(np.ascontiguousarray(x, dtype=self.dtype))
         h = _writeable(np.ascontiguousarray(h, dtype=self.dtype))
-        out = np.empty((batch, self.units), self.dtype)
         if not self._cuda:
-            self._functions[batch](x, h, *self._weights, out)
+            pool = self._host_outputs(batch)
+            out, out_t = pool.take()  # no allocation or DLPack export per step (see ffi_args)
+            self._functions[batch](x, pool.tensor_of(h, h), *self._weights, out_t)
             return out
+        out = np.empty((batch, self.units), self.dtype)
         dx, dh, dout = self._staging_buffers(batch)
         self._copy(tvm_ffi.from_dlpack(x), dx)
         self._copy(tvm_ffi.from_dlpack(h), dh)
@@ -514,6 +524,29 @@ class DeployedCell:
         """Destination passing, no checks beyond the kernel's own: writes the new state of ``x``, ``h`` into
         ``out`` (all C-contiguous tensors of the cell dtype on the artifact's device; any DLPack producer)."""
         self._functions[int(out.shape[0])](x, h, *self._weights, out)
+        return out
+
+    def _host_outputs(self, batch: int) -> OutputPool:
+        pool = self._outputs.get(batch)
+        if pool is None:
+            pool = self._outputs[batch] = OutputPool((batch, self.units), self.dtype)
+        return pool
+
+    def _call_host_fast(self, inputs, h):
+        """numpy arrays straight to the kernel, whose argument binder checks rank, shape, dtype and compactness
+        (the user-facing arguments are compiled without an alignment assumption); output from the pool. Returns
+        None when the binder refuses (or the batch has no kernel): the checked path converts or explains."""
+        try:
+            batch = inputs.shape[0]
+            fn = self._functions[batch]
+        except (IndexError, KeyError, TypeError):
+            return None
+        pool = self._host_outputs(batch)
+        out, out_t = pool.take()
+        try:
+            fn(inputs, pool.tensor_of(h, h), *self._weights, out_t)
+        except (TypeError, ValueError, BufferError):
+            return None
         return out
 
     def _call_fast(self, inputs, h):
