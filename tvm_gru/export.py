@@ -204,7 +204,7 @@ def _versions() -> dict:
     return out
 
 
-_RUNTIME_FILES = ("artifact.py", "buffers.py", "deployed_layer.py", "ffi_args.py", "layer_calls.py")
+_RUNTIME_FILES = ("arrays.py", "artifact.py", "buffers.py", "deployed_layer.py", "ffi_args.py", "layer_calls.py")
 
 
 def _copy_runtime_package(dest: Path) -> list:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import tvm_ffi
 
+from .arrays import as_array
 from .ffi_args import OutputPool
 
 __all__ = ["load", "DeployedCell", "ArtifactError", "FORMAT", "FORMAT_VERSION", "KIND_VERSIONS", "METADATA",
@@ -324,27 +325,6 @@ def _aligned(array: np.ndarray) -> np.ndarray:
     return array if is_aligned(array) else aligned_copy(array)
 
 
-def _host_array(name: str, value) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "__dlpack__"):
-        device = getattr(value, "__dlpack_device__", None)
-        try:
-            kind = int(device()[0]) if device is not None else 1
-        except Exception:  # noqa: BLE001  (a broken producer)
-            kind = None
-        if kind != 1:  # numpy could read a device pointer as host memory: refuse by the reported device
-            where = device() if kind is not None else "an unknown device"
-            raise TypeError(f"`{name}` must be a host (CPU) tensor here; received a {type(value).__name__} on "
-                            f"DLPack device {where}: copy it to the CPU first")
-        try:
-            return np.from_dlpack(value)
-        except Exception as err:  # noqa: BLE001  (RuntimeError, BufferError, TypeError: name the argument)
-            raise TypeError(f"`{name}` must be a host tensor readable through DLPack ({err})") from err
-    raise TypeError(f"`{name}` must be a numpy array or a DLPack tensor of shape (batch, features); "
-                    f"received {type(value).__name__}")
-
-
 def _writeable(array: np.ndarray) -> np.ndarray:
     """DLPack (as tvm_ffi speaks it) refuses read-only arrays: hand the kernel a copy of those."""
     return array if array.flags.writeable else array.copy()
@@ -502,8 +482,8 @@ class DeployedCell:
         return batch
 
     def _call_host(self, inputs, h):
-        x = _host_array("inputs", inputs)
-        h = _host_array("states[0]", h)
+        x = as_array("inputs", inputs)
+        h = as_array("states[0]", h)
         batch = self._check(x.shape, h.shape, x.dtype, h.dtype)
         x = _writeable(np.ascontiguousarray(x, dtype=self.dtype))
         h = _writeable(np.ascontiguousarray(h, dtype=self.dtype))

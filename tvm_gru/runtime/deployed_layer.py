@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tvm_ffi
 
-from .artifact import ArtifactError, _aligned, _host_array, _unpack
+from .arrays import as_array
+from .artifact import ArtifactError, _aligned, _unpack
 from .ffi_args import SequenceOutputs
 from .layer_calls import SequenceLayerCalls, kernel_view
 
@@ -136,7 +137,7 @@ class DeployedGRU(SequenceLayerCalls):
         self._outputs = {}  # batch -> SequenceOutputs
         self._states = None  # stateful: [current, spare] (B, H), swapped after each call
 
-    _array = staticmethod(_host_array)
+    _array = staticmethod(as_array)
 
     # ------------------------------------------------------------------ Keras-like properties
     @property
