@@ -131,3 +131,27 @@ def test_deployed_cell_and_layer_outputs_kept_stay_intact(tmp_path):
     del steps, out
     recycled = deployed(xs[0], state)[0]
     assert any(ref() is recycled for ref in dropped)  # an earlier output nobody holds any more, not a new one
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_deployed_streaming_fast_path_matches_the_layer(tmp_path, time_major):
+    """Frames the deployed layer's fast path takes (float32 numpy) and ones it hands to the checked path
+    (float64, a list initial state, a read-only frame, a two-frame chunk) give the in-process layer's results."""
+    layer = tvm_gru.GRU(8, stateful=True, time_major=time_major, seed=6, bias_initializer="random_uniform")
+    layer.build((1, 1, 3))
+    deployed = tvm_gru.load(layer.export(tmp_path / "layer", batch=1))
+    rng = np.random.default_rng(7)
+    frames = [rng.uniform(-1, 1, (1, 1, 3)).astype(np.float32) for _ in range(6)]
+    frames[4] = np.concatenate([frames[4], frames[5]], axis=1)  # a chunk of two frames
+    readonly = frames[3].copy()
+    readonly.flags.writeable = False
+    frames[3] = readonly
+    h0 = rng.uniform(-1, 1, (1, 8)).astype(np.float32)
+    calls = [(frames[0], {}), (frames[1].astype(np.float64), {}), (frames[2], {"initial_state": [h0]}),
+             (frames[3], {}), (frames[4], {}), (frames[0], {"initial_state": h0})]
+    for i, (frame, kwargs) in enumerate(calls):
+        if time_major:
+            frame = frame.transpose(1, 0, 2)
+        np.testing.assert_allclose(deployed(frame, **kwargs), layer(frame, **kwargs), rtol=0, atol=1e-6,
+                                   err_msg=f"call {i}")
+        np.testing.assert_allclose(deployed.states[0], layer.states[0], rtol=0, atol=1e-6, err_msg=f"call {i}")

@@ -373,12 +373,9 @@ class _Runner:
         output only) is spelled out: its Python is most of a small frame's cost."""
         layer, spec, cell = self.layer, self.spec, self.layer.cell
         time_axis = 0 if spec.time_major else 1
-        batch, max_steps, call = spec.batch, self.max_steps, self._call
+        batch, max_steps, call, outputs = spec.batch, self.max_steps, self._call, self.outputs
         short_steps, short_fn, full_fn = self.short_steps, self.short_fn, self.fn
-        stateful, reverse = layer.stateful, int(layer.go_backwards)
-        last_pool, state_pair = self.outputs.last, self.outputs.state_pair
-        streaming = (stateful and not spec.return_sequences and not layer.return_state
-                     and layer.activity_regularizer is None)
+        stateful, streaming, stream = layer.stateful, layer._streams_frames, layer._stream_call  # noqa: SLF001
 
         def fast(x, initial=None):
             """``initial``: a (B, H) numpy array overriding the zero or carried state (the kernel checks it)."""
@@ -395,11 +392,6 @@ class _Runner:
                 raise ValueError("stateful layer: no state for this batch yet")
             if not streaming:
                 return call(x, initial, steps)
-            h0, state_t = state_pair(states)
-            out, out_t = last_pool.take()
-            (short_fn if steps <= short_steps else full_fn)(x, h0 if initial is None else initial, *self.wargs,
-                                                            out_t, state_t, reverse)
-            states.reverse()  # the new state, in the spare buffer, becomes current
-            return out
+            return stream(x, initial, outputs, short_fn if steps <= short_steps else full_fn, self.wargs)
 
         return fast

@@ -21,7 +21,7 @@ import tvm_ffi
 from .arrays import as_array
 from .artifact import ArtifactError, _aligned, _unpack
 from .ffi_args import SequenceOutputs
-from .layer_calls import SequenceLayerCalls, kernel_view
+from .layer_calls import SequenceLayerCalls, kernel_view, max_steps
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
 
@@ -183,6 +183,10 @@ class DeployedGRU(SequenceLayerCalls):
         -------
         output : (B, T, H) if ``return_sequences`` else (B, H); with ``return_state``: ``[output, state]``
         """
+        if self._streams_frames and mask is None and type(inputs) is np.ndarray and (training is None or training is False):
+            out = self._try_stream(inputs, initial_state)
+            if out is not None:
+                return out
         if training and (self.config.get("dropout", 0.0) > 0 or self.config.get("recurrent_dropout", 0.0) > 0):
             raise ValueError(f"this deployed GRU layer is inference-only: it was exported with dropout="
                              f"{self.config['dropout']}, recurrent_dropout={self.config['recurrent_dropout']}, "
@@ -199,10 +203,7 @@ class DeployedGRU(SequenceLayerCalls):
         if batch == 0 or steps == 0:
             return self._empty_call(x.shape, h0)
         fn = self._kernels[batch].pick(steps, valid is not None)
-        outputs = self._outputs.get(batch)
-        if outputs is None:
-            outputs = self._outputs[batch] = SequenceOutputs(batch, self.units, self.dtype, self.return_sequences,
-                                                             self.time_major, self.return_state and not self.stateful)
+        outputs = self._outputs_for(batch)
         (seq, last, state), carried, out_args = outputs.take(steps, self._states if self.stateful else None)
         if h0 is None or (self.stateful and h0 is self._states[0]):
             h0 = carried  # zeros or the carried state, through their cached tensors
@@ -214,6 +215,36 @@ class DeployedGRU(SequenceLayerCalls):
         if self.return_state:
             return [out, state.copy() if self.stateful else state]
         return out
+
+    def _outputs_for(self, batch: int) -> SequenceOutputs:
+        outputs = self._outputs.get(batch)
+        if outputs is None:
+            outputs = self._outputs[batch] = SequenceOutputs(batch, self.units, self.dtype, self.return_sequences,
+                                                             self.time_major, self.return_state and not self.stateful)
+        return outputs
+
+    def _try_stream(self, x, initial_state):
+        """The streaming frame call with no checks but the kernel's binder; None when it does not apply (no
+        state for this batch yet, an empty or over-long call, arguments the binder refuses): the checked path
+        then converts or explains."""
+        if type(initial_state) is list or type(initial_state) is tuple:
+            initial_state = initial_state[0] if len(initial_state) == 1 else False
+        if initial_state is not None and type(initial_state) is not np.ndarray:
+            return None
+        states = self._states
+        try:
+            batch, steps = (x.shape[1], x.shape[0]) if self.time_major else (x.shape[0], x.shape[1])
+            kernels = self._kernels[batch]
+        except (IndexError, KeyError):
+            return None
+        if states is None or states[0].shape[0] != batch or steps == 0 \
+                or steps > max_steps(batch, self.input_dim, self.units):
+            return None
+        try:
+            return self._stream_call(x, initial_state, self._outputs_for(batch), kernels.pick(steps, False),
+                                     self._wargs)
+        except (TypeError, ValueError, BufferError):
+            return None
 
     def _check_batch(self, batch: int) -> None:
         if batch not in self._kernels:

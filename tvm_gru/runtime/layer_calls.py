@@ -111,6 +111,28 @@ class SequenceLayerCalls:
             out = (batch, self.units)
         return [out, (batch, self.units)] if self.return_state else out
 
+    # ------------------------------------------------------------------ streaming
+    @property
+    def _streams_frames(self) -> bool:
+        """Whether calls take the spelled-out streaming path: stateful, last output only, no extras to compute."""
+        return (self.stateful and not self.return_sequences and not self.return_state
+                and getattr(self, "activity_regularizer", None) is None)
+
+    def _stream_call(self, x, initial, outputs, kernel, wargs):
+        """One streaming call on arguments the kernel's binder checks (raises TypeError/ValueError/BufferError
+        before running when they do not match; nothing has changed then).
+
+        ``x``: (B, T, I) (time-major: (T, B, I)) numpy array of the kernel dtype; ``initial``: None (the carried
+        state) or a (B, H) array; ``outputs``: the batch's :class:`~.ffi_args.SequenceOutputs`. The caller has
+        checked that the layer holds a state for this batch. Returns the last output (B, H).
+        """
+        states = self._states
+        h0, state_t = outputs.state_pair(states)
+        out, out_t = outputs.last.take()
+        kernel(x, h0 if initial is None else initial, *wargs, out_t, state_t, int(self.go_backwards))
+        states.reverse()  # the new state, written into the spare buffer, becomes current
+        return out
+
     # ------------------------------------------------------------------ call arguments
     def _split_inputs(self, inputs, initial_state):
         """Keras accepts ``[inputs, *initial_states]``: return ``(inputs, initial_state)``."""
