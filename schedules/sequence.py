@@ -26,6 +26,8 @@ next MR-step row group between arriving at the barrier and waiting on it, where 
 
 Splitting the candidate product by *input* units (reset_after=False) is what keeps one barrier per step:
 every part needs the whole previous state, and gets it from the partial sums instead of a second barrier.
+With several batch tiles (``candidate_panels``) each part first copies its rows of R_h block-major, so a
+candidate tile's weights are contiguous and stay cached across the batch tiles.
 With NT=1 the same code runs serially with no parallel launch (the cheapest for small sizes and single
 streamed frames). Knobs are in :class:`SequenceSchedule`; :class:`CPUSequenceRule` picks them.
 """
@@ -62,6 +64,11 @@ class SequenceSchedule:
         part, between arriving at the barrier and waiting on it, projects one MR-th of its blocks of the next
         MR-step row group. Pays off when a part's input weights are small (they share L2 with the recurrent
         ones and are no longer reused across row tiles).
+    candidate_panels : bool
+        reset_after=False: at the start of a call each part copies its rows of ``R_h`` (H, NB, V) into a
+        block-major workspace (NB, H, V), so that a candidate tile's weights are contiguous rather than
+        rows 4*Hp bytes apart (which map to the same few cache sets and are re-read from L3 by every batch
+        tile).
     """
 
     threads: int = 1
@@ -71,6 +78,7 @@ class SequenceSchedule:
     candidate_blocks: int = 8
     spin_barrier: bool = True
     gemm_in_barrier: bool = False
+    candidate_panels: bool = False
 
 
 class CPUSequenceRule:
@@ -122,9 +130,15 @@ class CPUSequenceRule:
         # (775 -> 812 us: the projection no longer reuses its weights from L1 and evicts recurrent ones).
         input_bytes = spec.input_dim * 3 * spec.padded_units * itemsize // threads
         in_barrier = spec.batch == 1 and not c.reset_after and threads > 1 and input_bytes <= 64 * 1024
+        # Several batch tiles re-read each candidate tile's weights: in place (rows 4*Hp bytes apart, all in
+        # the same cache sets) every batch tile fetched them again from L3. Block-major copies, measured
+        # 100 steps, old and new kernels interleaved in one process (medians of per-round ratios): 8x512x1024
+        # 1.21x, 64x512x1024 1.12x, 8x256x256 / 64x256x256 / 8x64x128 1.02x. With a single batch tile
+        # (batch 1) the weights are read once anyway and the copy only costs (1x256x256: 0.94x).
+        panels = not c.reset_after and spec.batch > batch_tile
         return SequenceSchedule(threads=threads, gemm_rows=4, batch_tile=batch_tile,
                                 unit_blocks=unit_blocks, candidate_blocks=candidate_blocks,
-                                gemm_in_barrier=in_barrier)
+                                gemm_in_barrier=in_barrier, candidate_panels=panels)
 
     def short_schedule(self, spec, target):
         """``(max_steps, serial schedule)`` for short calls (streaming), or None when the default is serial.
@@ -238,6 +252,9 @@ class _Emitter:
     _FLAG_STRIDE = 16  # int32 per flag: one 64-byte line each
     _GEMM_CHUNK_TILES = 32  # GEMM row tiles per chunk (128 rows of x)
     _SPINS_BEFORE_YIELD = 32
+    # candidate_panels: calls shorter than this read R_h in place. Copying it costs about 4 steps' gain
+    # (1x512x1024, one step: 0.32 ms in place, 0.70 ms with the copy; 8x512x1024: ~0.1 ms/step gained).
+    _PANEL_MIN_STEPS = 8
 
     def fence(self):
         self.T.evaluate(self.tirx.call_llvm_intrin("void", "llvm.x86.sse2.mfence"))
@@ -334,6 +351,9 @@ class _Emitter:
             self.buf["Z"] = T.decl_buffer((2, B, Hp), self.dt, scope="global")
             self.buf["P"] = T.decl_buffer((2, NT, B, Hp), self.dt, scope="global")
             self.buf["RH"] = T.decl_buffer((B, Hp), self.dt, scope="global")
+            if self.sched.candidate_panels:
+                self.buf["CP"] = T.decl_buffer((self.NB, self.H, self.V), self.dt, scope="global")
+                self.panels = self.steps >= self._PANEL_MIN_STEPS
 
     # ---------------------------------------------------------------- phases
     def build(self):
@@ -356,8 +376,8 @@ class _Emitter:
 
         def everything():
             deferred = self.gemm_deferred()
-            self.parallel_region(lambda p: (self.init_state(p), self.gemm_head(p) if deferred else self.gemm(p)),
-                                 epoch=1)
+            self.parallel_region(lambda p: (self.init_state(p), self.candidate_copy(p),
+                                            self.gemm_head(p) if deferred else self.gemm(p)), epoch=1)
             with T.serial(0, iterations) as t:
                 self.parallel_region(lambda p: step(p, t), epoch=t + 2,
                                      after_arrive=(lambda p: self.gemm_in_barrier(p, t)) if deferred else None)
@@ -395,6 +415,21 @@ class _Emitter:
             for b in range(self.B):
                 with T.serial(*units) as u:
                     T.buffer_store(buf, value(b, u), [slot, b, u])
+
+    def candidate_copy(self, p):
+        """``candidate_panels``: CP[n, k, :] = R_h[k, n, :] for the part's own rows k (all that it reads)."""
+        if self.c.reset_after or not self.sched.candidate_panels:
+            return
+        T, V, cand, cp = self.T, self.V, self.buf["candidate_packed"], self.buf["CP"]
+        lo, hi = self.parts[p]
+        end = min(hi * V, self.H)
+        if end <= lo * V:
+            return
+        with T.If(self.panels):
+            with T.Then():
+                with T.serial(0, self.NB) as n:
+                    with T.serial(lo * V, end) as k:
+                        self.vstore(cp, lambda v: [n, k, v], lambda v: cand[k, n, v])
 
     def gemm(self, p):
         """xp[t, b, own blocks] = x[t, b] @ K + biases over all T*B rows.
@@ -636,8 +671,19 @@ class _Emitter:
             self.vstore(P, lambda v: [par, p, b, n * V + v], lambda v: accs(0, v))
 
         cand = self.buf["candidate_packed"]  # (H, NB, V): rows of R_h, split over the parts by input unit
-        self.products((0, self.NB), lambda n, k, g, v: cand[k, n, v], (2,), lambda b, k, g: RH[b, k], epilogue,
-                      (lo, max(lo, end)))
+
+        def product(weight):
+            self.products((0, self.NB), weight, (2,), lambda b, k, g: RH[b, k], epilogue, (lo, max(lo, end)))
+
+        if not self.sched.candidate_panels:
+            product(lambda n, k, g, v: cand[k, n, v])
+            return
+        cp, T = self.buf["CP"], self.T  # the same weights, block-major (candidate_copy), for long calls
+        with T.If(self.panels):
+            with T.Then():
+                product(lambda n, k, g, v: cp[n, k, v])
+            with T.Else():
+                product(lambda n, k, g, v: cand[k, n, v])
 
     def blend_before(self, p, s_):
         """Step s_ for every unit into part p's private state: candidate from all parts' partial sums."""

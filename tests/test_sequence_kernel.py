@@ -104,6 +104,23 @@ def test_input_projection_in_barrier_masked_dropout(time_major):
         _check(state, final, "float32")
 
 
+@pytest.mark.parametrize("steps", [3, 7, 8, 13])  # in place below _PANEL_MIN_STEPS (8), block-major copies from it
+@pytest.mark.parametrize("threads", [1, 2], ids=["serial", "two_parts"])
+def test_candidate_panels(steps, threads):
+    # H=44: 6 blocks (4 padded lanes), each part copying its own rows of R_h (24 and 20: the last block padded); batch 5
+    # over tiles of 2 (a one-row tail); masks and go_backwards on the copied weights too.
+    rng = np.random.default_rng(steps)
+    mask = rng.random((steps, 5)) > 0.2
+    spec = SequenceSpec(GRUConfig(units=44), batch=5, input_dim=5, masked=True)
+    sched = SequenceSchedule(threads=threads, gemm_rows=4, batch_tile=2, unit_blocks=2, candidate_blocks=4,
+                             candidate_panels=True)
+    for reverse in (False, True):
+        seq, last, state, outs, final = _run(spec, sched, steps=steps, reverse=reverse, seed=steps, mask=mask)
+        _check(seq, outs, "float32")
+        _check(last, outs[-1], "float32")
+        _check(state, final, "float32")
+
+
 @pytest.mark.parametrize("reset_after", [False, True], ids=["ra0", "ra1"])
 @pytest.mark.parametrize("zero_output", [False, True], ids=["repeat_output", "zero_output"])
 def test_mask_reverse_time_major(reset_after, zero_output):
@@ -158,3 +175,5 @@ def test_default_schedule_fits_registers(shape):
         assert 1 <= sched.threads <= 2
         # the projection moves into the barrier waits only at batch 1 with small input weights per core
         assert sched.gemm_in_barrier == (shape == (1, 64, 128) and not reset_after)
+        # R_h is copied block-major when several batch tiles re-read it (reset_after=False only)
+        assert sched.candidate_panels == (batch > sched.batch_tile and not reset_after)
