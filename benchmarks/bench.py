@@ -279,6 +279,9 @@ def torch_peers(case: Case, kind: str, threads: int) -> dict:
 # every other thread of the process has gone idle (their CPU time in /proc/self/task stops growing), then warms
 # up its own pool. ``--settle S`` adds a fixed pause on top.
 SETTLE_S = 0.0
+# After the quiet wait a parallel kernel runs ~2x slower for its first ~10 ms (measured, 8x256x256 step after
+# onnxruntime and numpy blocks: 93-106 us in the first 100 calls, 52-55 us from then on): warm up that long.
+WARMUP_S = 0.025
 QUIET_WINDOW_S = 0.02  # no other thread ran for this long: their pools are parked
 QUIET_MAX_S = 2.0
 
@@ -329,7 +332,10 @@ def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = S
             n = calls[name]
             time.sleep(settle_s)
             wait_until_quiet()  # the previous peer's spinning threads have parked
-            for _ in range(max(1, n // 10)):  # warm-up: caches, this peer's own threads awake
+            warm_until = time.perf_counter() + WARMUP_S  # caches, this peer's own threads awake again
+            for _ in range(max(1, n // 10)):
+                fn()
+            while time.perf_counter() < warm_until:
                 fn()
             t0 = time.perf_counter()
             for _ in range(n):
