@@ -18,7 +18,7 @@ import numpy as np
 from . import regularizers
 from .cell import GRUCell, constructor_kwargs
 from .inputs import as_array, check_training
-from .runtime.layer_calls import SequenceLayerCalls, kernel_view, max_steps
+from .runtime.layer_calls import NOT_PLAIN, SequenceLayerCalls, kernel_view, max_steps
 from .sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
 
 __all__ = ["GRU"]
@@ -231,10 +231,8 @@ class GRU(SequenceLayerCalls):
         fast = self._fast
         if fast is not None and mask is None and (training is None or training is False) \
                 and type(inputs) is np.ndarray:
-            h0 = initial_state
-            if type(h0) is list or type(h0) is tuple:
-                h0 = h0[0] if len(h0) == 1 else False
-            if h0 is None or type(h0) is np.ndarray:
+            h0 = self._plain_initial(initial_state)
+            if h0 is not NOT_PLAIN:
                 try:
                     return fast(inputs, h0)
                 except (TypeError, ValueError, IndexError, BufferError):
@@ -322,8 +320,7 @@ class _Runner:
         target = layer.cell.target
         self.fn = compile_sequence(spec, target)
         self.short_steps, self.short_fn = compile_short_sequence(spec, target) or (0, None)
-        self.dtype = np.dtype(spec.config.dtype)
-        self.outputs = SequenceOutputs(spec.batch, spec.config.units, self.dtype, spec.return_sequences,
+        self.outputs = SequenceOutputs(spec.batch, spec.config.units, spec.config.dtype, spec.return_sequences,
                                        spec.time_major, layer.return_state and not layer.stateful)
         # The kernel's per-call buffers (inputs, input projections, outputs) grow with the step count, and it
         # indexes them with 32-bit integers: longer calls are refused (a stateful layer can take them in chunks).
@@ -344,7 +341,8 @@ class _Runner:
         """Run the kernel; ``h0`` None = the zero state (or, when stateful, the carried one)."""
         layer = self.layer
         arrays, carried, out_args = self.outputs.take(steps, layer._states if layer.stateful else None)  # noqa: SLF001
-        head = (x, carried if h0 is None else h0) if valid is None else (x, carried if h0 is None else h0, valid)
+        h0 = carried if h0 is None else h0
+        head = (x, h0) if valid is None else (x, h0, valid)
         self.kernel(steps)(*head, *self.wargs, *extra, *out_args, int(layer.go_backwards))
         return self._finish(*arrays)
 

@@ -21,7 +21,7 @@ import tvm_ffi
 from .arrays import as_array
 from .artifact import ArtifactError, _aligned, _unpack
 from .ffi_args import SequenceOutputs
-from .layer_calls import SequenceLayerCalls, kernel_view, max_steps
+from .layer_calls import NOT_PLAIN, SequenceLayerCalls, kernel_view, max_steps
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
 
@@ -227,9 +227,8 @@ class DeployedGRU(SequenceLayerCalls):
         """The streaming frame call with no checks but the kernel's binder; None when it does not apply (no
         state for this batch yet, an empty or over-long call, arguments the binder refuses): the checked path
         then converts or explains."""
-        if type(initial_state) is list or type(initial_state) is tuple:
-            initial_state = initial_state[0] if len(initial_state) == 1 else False
-        if initial_state is not None and type(initial_state) is not np.ndarray:
+        initial_state = self._plain_initial(initial_state)
+        if initial_state is NOT_PLAIN:
             return None
         states = self._states
         try:

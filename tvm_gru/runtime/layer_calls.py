@@ -17,6 +17,9 @@ import numpy as np
 
 __all__ = ["SequenceLayerCalls", "INDEX_LIMIT", "max_steps", "check_steps", "kernel_view"]
 
+# What SequenceLayerCalls._plain_initial returns for an initial state the fast paths do not take.
+NOT_PLAIN = object()
+
 # Compiled kernels index their buffers with 32-bit integers (TE shapes and the sequence length are int32).
 INDEX_LIMIT = 2**31 - 1
 
@@ -117,6 +120,16 @@ class SequenceLayerCalls:
         """Whether calls take the spelled-out streaming path: stateful, last output only, no extras to compute."""
         return (self.stateful and not self.return_sequences and not self.return_state
                 and getattr(self, "activity_regularizer", None) is None)
+
+    @staticmethod
+    def _plain_initial(initial_state):
+        """``initial_state`` as the fast paths take it: None or a numpy array (a list or tuple of one is
+        unwrapped); :data:`NOT_PLAIN` for anything else (the checked path converts or explains it)."""
+        if type(initial_state) is list or type(initial_state) is tuple:
+            initial_state = initial_state[0] if len(initial_state) == 1 else NOT_PLAIN
+        if initial_state is None or type(initial_state) is np.ndarray:
+            return initial_state
+        return NOT_PLAIN
 
     def _stream_call(self, x, initial, outputs, kernel, wargs):
         """One streaming call on arguments the kernel's binder checks (raises TypeError/ValueError/BufferError
