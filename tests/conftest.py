@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,31 @@ def assert_tampered_kernel_refused(artifact: Path) -> None:
     maps = Path("/proc/self/maps")
     if maps.exists():
         assert str(artifact / "kernel.so") not in maps.read_text()
+
+
+def biased_cell(units: int, input_dim: int, seed: int = 0, **kwargs):
+    """A built ``tvm_gru.GRUCell`` with non-zero biases (zeros would hide bias-handling bugs)."""
+    import tvm_gru  # noqa: PLC0415
+
+    cell = tvm_gru.GRUCell(units, seed=seed, **kwargs)
+    cell.build((1, input_dim))
+    weights = cell.get_weights()
+    if cell.config.use_bias:
+        weights[2] = np.random.default_rng(seed).uniform(-0.5, 0.5, weights[2].shape).astype(cell.dtype)
+        cell.set_weights(weights)
+    return cell
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for an RPC tracker or server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def registered_servers(config) -> int:
+    """RPC servers registered with a tracker (``tvm.meta_schedule.runner.RPCConfig``); 0 while it starts."""
+    try:
+        return config.count_num_servers()
+    except ValueError:  # the tracker is still starting (importing TVM takes a while on a loaded machine)
+        return 0

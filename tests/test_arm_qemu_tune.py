@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from tvm_gru import build, cli, compute, reference, targets, tune_space, tuning_
 from tvm_gru.config import GRUConfig, StepSpec
 from tvm_gru.export import export_cell
 
-from conftest import tolerance
+from conftest import free_port, registered_servers, tolerance
 
 CACHE = Path(os.environ.get("TVM_GRU_QEMU_CACHE", Path.home() / ".cache" / "tvm_gru_qemu"))
 TVM_VERSION = "0.27.0.post1"
@@ -66,25 +65,12 @@ def _kit():
         pytest.skip(msg)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _servers(config) -> int:
-    try:
-        return config.count_num_servers()
-    except ValueError:  # the tracker is still starting
-        return 0
-
-
 @contextlib.contextmanager
 def _tracker_and_emulated_server(tmp_path):
     """Yield ``(port, server_log, seconds until the server registered)``; every process is killed afterwards."""
     from tvm.s_tir import meta_schedule as ms
 
-    port = _free_port()
+    port = free_port()
     server_log = tmp_path / "rpc_server.log"
     procs = []
     try:
@@ -92,7 +78,7 @@ def _tracker_and_emulated_server(tmp_path):
         procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                        "--port", str(port), "--port-end", str(port + 1)], start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        p = _free_port()
+        p = free_port()
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(Path.home()), "PYTHONNOUSERSITE": "1",
                "PYTHONPATH": f"{RPC_SITE}{os.pathsep}{CACHE / 'site'}", "TVM_NUM_THREADS": "2"}
         with open(server_log, "w") as log:
@@ -104,7 +90,7 @@ def _tracker_and_emulated_server(tmp_path):
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         config = ms.runner.RPCConfig("127.0.0.1", port, KEY, session_timeout_sec=10)
         t0 = time.perf_counter()
-        while _servers(config) < 1:
+        while registered_servers(config) < 1:
             assert procs[-1].poll() is None, f"the emulated RPC server exited:\n{server_log.read_text()[-4000:]}"
             assert time.perf_counter() - t0 < 300, f"no server registered:\n{server_log.read_text()[-4000:]}"
             time.sleep(1)

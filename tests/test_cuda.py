@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tolerance  # noqa: E402
+from conftest import biased_cell, tolerance  # noqa: E402
 
 CASES = [  # name, config, input_dim, batch sizes
     ("sigmoid_ra", dict(units=64, recurrent_activation="sigmoid", reset_after=True, implementation=2), 32, (1, 3)),
@@ -47,19 +47,13 @@ def has_gpu() -> bool:
 
 def build_cases(root: Path, arch: str = "sm_80", names=None) -> Path:
     """Export every case's CUDA artifact to ``root/<name>``."""
-    import tvm_gru  # noqa: PLC0415
     from tvm_gru.export import export_cell  # noqa: PLC0415
 
     root.mkdir(parents=True, exist_ok=True)
     for i, (name, cfg, input_dim, batches) in enumerate(CASES):
         if names is not None and name not in names:
             continue
-        cell = tvm_gru.GRUCell(seed=i, **cfg)
-        cell.build((1, input_dim))
-        weights = cell.get_weights()
-        if cell.config.use_bias:
-            weights[2] = np.random.default_rng(i).uniform(-0.5, 0.5, weights[2].shape).astype(cell.dtype)
-            cell.set_weights(weights)
+        cell = biased_cell(input_dim=input_dim, seed=i, **cfg)
         export_cell(cell, root / name, target={"name": "cuda", "arch": arch}, batch=batches, overwrite=True)
     return root
 
@@ -124,15 +118,22 @@ def test_cuda_load_without_gpu_is_a_clear_error(built):
 
 
 # ------------------------------------------------------------------------------------ numeric (GPU)
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def gpu_bundle_or_skip(env_var: str, build) -> Path:
+    """The artifacts a GPU test runs: skip without a GPU; else the folder named by ``env_var`` (built elsewhere,
+    e.g. ``python tests/test_cuda.py --bundle DIR``), or ``build()`` here."""
     if not has_gpu():
         pytest.skip("no CUDA GPU on this machine")
-    env = os.environ.get("TVM_GRU_CUDA_BUNDLE")
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     pytest.importorskip("tvm")
-    return build_cases(tmp_path_factory.mktemp("cuda_gpu"), arch=os.environ.get("TVM_GRU_CUDA_ARCH", "sm_90"))
+    return build()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return gpu_bundle_or_skip("TVM_GRU_CUDA_BUNDLE", lambda: build_cases(
+        tmp_path_factory.mktemp("cuda_gpu"), arch=os.environ.get("TVM_GRU_CUDA_ARCH", "sm_90")))
 
 
 def _reference(cell, x, h):

@@ -18,17 +18,11 @@ from tvm_gru.export import export_cell
 from tvm_gru.runtime.artifact import FORMAT_VERSION, METADATA, ArtifactError, load, verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import assert_tampered_kernel_refused, tolerance  # noqa: E402
+from conftest import assert_tampered_kernel_refused, biased_cell, tolerance  # noqa: E402
 
 
 def _cell(seed=0, units=24, input_dim=10, **kwargs):
-    cell = tvm_gru.GRUCell(units, seed=seed, **kwargs)
-    cell.build((1, input_dim))
-    weights = cell.get_weights()
-    if cell.config.use_bias:
-        weights[2] = np.random.default_rng(seed).uniform(-0.5, 0.5, weights[2].shape).astype(cell.dtype)
-        cell.set_weights(weights)
-    return cell
+    return biased_cell(units, input_dim, seed, **kwargs)
 
 
 @pytest.fixture(scope="module")

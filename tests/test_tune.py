@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from tvm_gru.config import GRUConfig, StepSpec
 
 tune = importlib.import_module("tvm_gru.tune")  # the module: the attribute tvm_gru.tune is the function
 
-from conftest import tolerance
+from conftest import free_port, registered_servers, tolerance
 
 SMALL = {"units": 16, "input_dim": 8, "batch": 1}
 
@@ -366,37 +365,24 @@ def test_interrupted_run_keeps_its_records_and_resumes(tmp_path):
     assert len(ms.database.JSONDatabase(work_dir=str(d)).get_all_tuning_records()) == 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _registered(config) -> int:
-    try:
-        return config.count_num_servers()
-    except ValueError:  # the tracker is still starting (importing TVM takes a while on a loaded machine)
-        return 0
-
-
 @pytest.mark.slow
 def test_rpc_tuning_with_a_tracker_and_two_servers(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
-    port = _free_port()
+    port = free_port()
     # Own process groups: the servers run each session in a worker process that terminate() alone would orphan.
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                "--port", str(port), "--port-end", str(port + 1)], start_new_session=True)]
     try:
         time.sleep(2)
         for _ in range(2):
-            p = _free_port()
+            p = free_port()
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
                                            f"127.0.0.1:{port}", "--key", "gru-test", "--host", "127.0.0.1",
                                            "--port", str(p), "--port-end", str(p + 50)], start_new_session=True))
         config = ms.runner.RPCConfig("127.0.0.1", port, "gru-test", session_timeout_sec=10)
         t0 = time.time()
-        while _registered(config) < 2:
+        while registered_servers(config) < 2:
             assert time.time() - t0 < 300, "the RPC servers did not register with the tracker"
             time.sleep(1)
         result = tune.tune(**SMALL, trials=4, trials_per_batch=4, log_dir=tmp_path, rpc_tracker=f"127.0.0.1:{port}",

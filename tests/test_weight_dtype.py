@@ -27,7 +27,7 @@ from tvm_gru.packing import unpack_matrix
 from tvm_gru.runtime.artifact import METADATA, ArtifactError, load
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tolerance  # noqa: E402
+from conftest import biased_cell, tolerance  # noqa: E402
 
 U16 = 2.0 ** -11  # unit roundoff of IEEE half (round to nearest)
 CUDA_ARCH = os.environ.get("TVM_GRU_CUDA_ARCH", "sm_90")
@@ -35,13 +35,7 @@ CUDA_ARCH = os.environ.get("TVM_GRU_CUDA_ARCH", "sm_90")
 
 def _cell(units=40, input_dim=24, seed=0, **kwargs):
     """A built cell with non-zero biases (so the float32 bias next to float16 matrices is exercised)."""
-    cell = tvm_gru.GRUCell(units, seed=seed, **kwargs)
-    cell.build((1, input_dim))
-    weights = cell.get_weights()
-    if cell.config.use_bias:
-        weights[2] = np.random.default_rng(seed).uniform(-0.5, 0.5, weights[2].shape).astype(cell.dtype)
-        cell.set_weights(weights)
-    return cell
+    return biased_cell(units, input_dim, seed, **kwargs)
 
 
 def _rounded(weights):
@@ -488,15 +482,9 @@ def build_gpu_cases(root: Path, arch: str = CUDA_ARCH) -> Path:
 
 @pytest.fixture(scope="module")
 def gpu_bundle(tmp_path_factory):
-    from test_cuda import has_gpu  # noqa: PLC0415
+    from test_cuda import gpu_bundle_or_skip  # noqa: PLC0415
 
-    if not has_gpu():
-        pytest.skip("no CUDA GPU on this machine")
-    env = os.environ.get("TVM_GRU_CUDA_F16_BUNDLE")
-    if env:
-        return Path(env)
-    pytest.importorskip("tvm")
-    return build_gpu_cases(tmp_path_factory.mktemp("cuda_f16"))
+    return gpu_bundle_or_skip("TVM_GRU_CUDA_F16_BUNDLE", lambda: build_gpu_cases(tmp_path_factory.mktemp("cuda_f16")))
 
 
 @pytest.mark.gpu
