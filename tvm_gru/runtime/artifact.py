@@ -488,10 +488,7 @@ class DeployedCell:
         x = _writeable(np.ascontiguousarray(x, dtype=self.dtype))
         h = _writeable(np.ascontiguousarray(h, dtype=self.dtype))
         if not self._cuda:
-            pool = self._host_outputs(batch)
-            out, out_t = pool.take()  # no allocation or DLPack export per step (see ffi_args)
-            self._functions[batch](x, pool.tensor_of(h, h), *self._weights, out_t)
-            return out
+            return self._run_host(batch, x, h)
         out = np.empty((batch, self.units), self.dtype)
         dx, dh, dout = self._staging_buffers(batch)
         self._copy(tvm_ffi.from_dlpack(x), dx)
@@ -518,15 +515,15 @@ class DeployedCell:
         None when the binder refuses (or the batch has no kernel): the checked path converts or explains."""
         try:
             batch = inputs.shape[0]
-            fn = self._functions[batch]
-        except (IndexError, KeyError, TypeError):
+            return self._run_host(batch, inputs, h) if batch in self._functions else None
+        except (IndexError, TypeError, ValueError, BufferError):
             return None
+
+    def _run_host(self, batch: int, x, h):
+        """One host step into a pooled output: no allocation or DLPack export per step (see ffi_args)."""
         pool = self._host_outputs(batch)
         out, out_t = pool.take()
-        try:
-            fn(inputs, pool.tensor_of(h, h), *self._weights, out_t)
-        except (TypeError, ValueError, BufferError):
-            return None
+        self._functions[batch](x, pool.tensor_of(h, h), *self._weights, out_t)
         return out
 
     def _call_fast(self, inputs, h):
