@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 
 from tvm_gru.config import StepSpec
@@ -51,6 +52,11 @@ class CPUStepConfig:
         Run each product over all batch tiles of a unit tile before the epilogue (batch > BT): the unit
         tile's weight panel is then read from L1 by every batch tile, at the cost of spilling the
         accumulators once per batch tile.
+    prefetch_next : bool
+        In each product's k loop, prefetch the next unit tile's weights at the same k. A tile streams its
+        panels as one to NI sequential streams, and one stream from L3 runs at ~10-20 GB/s here (the core
+        keeps few of its misses in flight): the prefetches are a second set of streams, and the next tile
+        finds its panels in L2. Pays off when the weights do not fit L2.
     """
 
     unit_blocks: int = 1
@@ -59,6 +65,7 @@ class CPUStepConfig:
     parallel: bool = False
     one_region: bool = True
     batch_inner: bool = False
+    prefetch_next: bool = False
 
 
 def get_extent(sch: s_tir.Schedule, loop) -> int:
@@ -75,6 +82,8 @@ class CPUStepRule:
     max_accumulators = 12  # of 16 vector registers (AVX2): leave room for loads and broadcasts
     # Weight bytes per phase under which one core beats two (a parallel launch costs ~1.7 us here).
     parallel_min_bytes = 512 * 1024
+    # Weight bytes per core from which single-stream tiles prefetch the next tile (None: never; measured on x86 only).
+    prefetch_min_bytes = None
 
     def is_target(self, target) -> bool:
         return target.kind.name == "llvm"
@@ -97,8 +106,14 @@ class CPUStepRule:
         # this keeps LLVM from holding the input product's registers across the recurrent product's loop
         # (seen to spill accumulators inside that loop and cost ~20 % at batch 64).
         batch_inner = spec.batch > batch_tile
+        # One stream per product tile (unit_blocks == 1) whose weights come from L3 each step, read by at most two
+        # batch tiles: prefetch the next tile. Measured (interleaved, same kernel with and without): 4x512x1024
+        # 1.6-1.9x, 8x512x1024 1.4-1.9x (reset_after sigmoid 1.3x); 2x512x1024 (two streams) 0.97x, 8x256x256
+        # (786 KB per core) 0.88x, 16/32x512x1024 1.0x, 64x512x1024 0.8-1.06x, batch 1 (four streams) 0.6-0.8x.
+        prefetch_next = (self.prefetch_min_bytes is not None and unit_blocks == 1
+                         and spec.batch <= 2 * batch_tile and weight_bytes // cores >= self.prefetch_min_bytes)
         return CPUStepConfig(unit_blocks=unit_blocks, candidate_blocks=candidate_blocks, batch_tile=batch_tile,
-                             parallel=parallel, batch_inner=batch_inner)
+                             parallel=parallel, batch_inner=batch_inner, prefetch_next=prefetch_next)
 
     def apply(self, func: tirx.PrimFunc, spec: StepSpec, target, config: CPUStepConfig | None = None):
         """Return the scheduled ``s_tir.Schedule``."""
@@ -110,8 +125,11 @@ class CPUStepRule:
         else:
             pending += self._two_phases(sch, spec, cfg)
         # Reductions are split into init + update last: vectorize/parallel need whole reduction blocks.
-        for block, loop in pending:
+        for block, loop, *_ in pending:
             sch.decompose_reduction(block, loop)
+        if cfg.prefetch_next:
+            for product in pending:
+                _prefetch_next_tile(sch, *product)
         return sch
 
     # ------------------------------------------------------------------------------------------
@@ -149,7 +167,12 @@ class CPUStepRule:
         if int(sch.get(block).iter_vars[-1].dom.extent) % spec.lanes == 0:
             sch.vectorize(v)  # a ragged tail (H % V != 0) would be a predicated vector loop: keep it scalar
         at, rows = (n_o, cfg.batch_tile) if cfg.batch_inner else (b_o, None)
-        pending = [self._product_at(sch, p, at, rows) for p in sch.get_producers(block) if _is_reduction(sch, p)]
+        pending = []
+        for producer in sch.get_producers(block):
+            if _is_reduction(sch, producer):
+                product, k, own_rows = self._product_at(sch, producer, at, rows)
+                # (block, k loop, batch-tile loop, unit-tile loop, unit blocks per tile): see _prefetch_next_tile
+                pending.append((product, k, own_rows if cfg.batch_inner else b_o, n_o, unit_blocks))
         if cfg.parallel:
             sch.parallel(n_o)
         return pending
@@ -158,11 +181,13 @@ class CPUStepRule:
         """Compute a product under ``loop`` in a tile-sized buffer; k outermost inside the register tile.
 
         ``rows``: the product covers all batch rows under ``loop``; tile them by ``rows`` outside k.
+        Returns the block, its k loop and (with ``rows``) its batch-tile loop.
         """
         sch.compute_at(block, loop, preserve_unit_loops=True)
         own = len(sch.get(block).iter_vars)
         loops = sch.get_loops(block)
         tile, k = loops[-own:-1], loops[-1]
+        b_o = None
         if rows is not None:
             b_o, b_i = sch.split(tile[0], [None, rows])
             tile = [b_i, *tile[1:]]
@@ -172,13 +197,44 @@ class CPUStepRule:
         for t in tile[:-1]:
             sch.unroll(t)
         sch.vectorize(tile[-1])
-        return block, k
+        return block, k, b_o
 
     def _vectorize_inner(self, sch, block, spec):
         loops = sch.get_loops(block)
         if spec.config.units % spec.lanes == 0:
             _, v = sch.split(loops[-1], [None, spec.lanes])
             sch.vectorize(v)
+
+
+def _prefetch_next_tile(sch, block, k, batch_tiles, n_outer, unit_blocks, line_bytes=64):
+    """Start ``block``'s k loop body with prefetches of the next unit tile's weights at the same k.
+
+    ``block`` reads a packed (NB, K, G, V) weight; the tile at ``n_outer`` covers unit blocks
+    ``n_outer * unit_blocks ..``. One prefetch per cache line of each of the next tile's rows, in the first
+    batch tile only (``batch_tiles``, the batch-tile loop around the product, may be None): the others read
+    the same weights. The last tile prefetches its own last block again: harmless, and never past the array.
+    The statements are spliced in with ``ScheduleState.replace``, which is not a traced schedule instruction.
+    """
+    weight = next(r.source for r in sch.get(block).reads if r.source.name.endswith("_packed"))
+    nb, _, gates, lanes = (int(d) for d in weight.shape)
+    itemsize = tvm.DataType(weight.dtype).bits // 8
+    loop = sch.get(k)
+    first = (sch.get(n_outer).loop_var + 1) * unit_blocks
+    calls = []
+    for j in range(unit_blocks):
+        n = tirx.min(first + j, nb - 1)
+        for offset in range(0, gates * lanes * itemsize, line_bytes):
+            e = offset // itemsize
+            address = tirx.address_of(tirx.BufferLoad(weight, [n, loop.loop_var, e // lanes, e % lanes]))
+            # llvm.prefetch(address, read, locality 2 = into L2 (prefetcht1): the tile is read a panel later, by
+            # when L1 would have dropped it; data cache)
+            calls.append(tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 2, 1)))
+    prefetch = tirx.SeqStmt(calls) if len(calls) > 1 else calls[0]
+    if batch_tiles is not None and int(sch.get(batch_tiles).extent) > 1:
+        prefetch = tirx.IfThenElse(sch.get(batch_tiles).loop_var == 0, prefetch, None)
+    body = tirx.SeqStmt([prefetch, loop.body])
+    sch.state.replace(sch.get_sref(k), tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body,
+                                                loop.thread_binding, loop.annotations))
 
 
 def _is_reduction(sch, block) -> bool:

@@ -23,15 +23,19 @@ def _spec(batch, input_dim, units, dtype="float32", **config):
 
 
 def _run(spec, knobs=None, seed=0):
-    """Compile ``spec`` with ``knobs`` (None = the rule's defaults), run it once; return (output, reference)."""
+    """Compile ``spec`` with ``knobs`` (None = the rule's defaults), run it once; return (output, reference).
+
+    With ``spec.weight_dtype`` float16 the weights are drawn as halves, so the reference sees the stored values.
+    """
     c, dt = spec.config, spec.config.dtype
     rng = np.random.default_rng(seed)
-    kernel = rng.uniform(-0.5, 0.5, (spec.input_dim, 3 * c.units)).astype(dt)
-    recurrent = rng.uniform(-0.5, 0.5, (c.units, 3 * c.units)).astype(dt)
+    wdt = spec.weight_dtype or dt
+    kernel = rng.uniform(-0.5, 0.5, (spec.input_dim, 3 * c.units)).astype(wdt).astype(dt)
+    recurrent = rng.uniform(-0.5, 0.5, (c.units, 3 * c.units)).astype(wdt).astype(dt)
     bias = rng.uniform(-0.5, 0.5, c.bias_shape).astype(dt) if c.use_bias else None
     x = rng.uniform(-1, 1, (spec.batch, spec.input_dim)).astype(dt)
     h = rng.uniform(-1, 1, (spec.batch, c.units)).astype(dt)
-    packed = packing.pack_weights(c, kernel, recurrent, bias, spec.lanes)
+    packed = packing.pack_weights(c, kernel, recurrent, bias, spec.lanes, spec.weight_dtype)
     fn = tvm.compile(scheduled_module(spec, TARGET, knobs), target=TARGET).jit()["main"]
     out = np.full((spec.batch, c.units), np.nan, dt)
     args = [tvm.runtime.tensor(a) for a in (x, h, *packed.values(), out)]
@@ -63,6 +67,8 @@ KNOBS = {
     "parallel_two_launches": dict(parallel=True, one_region=False),
     "batch_inner": dict(parallel=True, batch_inner=True),
     "small_tiles": dict(unit_blocks=1, candidate_blocks=1, batch_tile=1, parallel=True),
+    "prefetch_next": dict(prefetch_next=True),
+    "prefetch_next_batch_inner": dict(prefetch_next=True, batch_inner=True, batch_tile=2, parallel=True),
 }
 
 
@@ -90,6 +96,41 @@ def test_default_config_is_a_valid_register_tile(shape, dtype):
     assert spec.batch % cfg.batch_tile == 0
     assert 3 * cfg.unit_blocks * cfg.batch_tile <= RULE.max_accumulators or cfg.unit_blocks == 1
     assert cfg.candidate_blocks * cfg.batch_tile <= RULE.max_accumulators or cfg.candidate_blocks == 1
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["ra0", "ra1"])
+def test_prefetch_next_with_float16_weights(reset_after):
+    """Half-precision rows are 48 (or 16) bytes: the prefetch offsets are in elements of the stored dtype."""
+    spec = StepSpec(GRUConfig(40, reset_after=reset_after), batch=4, input_dim=24, lanes=8, weight_dtype="float16")
+    cfg = dataclasses.replace(RULE.default_config(spec, TARGET), prefetch_next=True, batch_inner=True, batch_tile=2)
+    out, ref = _run(spec, cfg)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape, expected", [((8, 512, 1024), True), ((4, 512, 1024), True), ((1, 512, 1024), False),
+                                             ((2, 512, 1024), False), ((16, 512, 1024), False),
+                                             ((8, 256, 256), False), ((64, 512, 1024), False)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_prefetch_next_only_for_single_stream_tiles_from_l3(shape, expected):
+    """The measured policy: one weight stream per tile, weights beyond ~4x L2 per core, at most two batch tiles."""
+    assert RULE.default_config(_spec(*shape), TARGET).prefetch_next is expected
+
+
+def test_prefetches_next_tile_in_first_batch_tile_only():
+    """Each product's k loop starts with prefetches of the next unit tile: two lines of a 96-byte row for the
+    three-gate input product, one of the 64-byte z/r row, one per block of the two-block candidate tile (32-byte
+    rows); each under ``b == 0`` (the batch tiles share the weights)."""
+    spec = _spec(8, 64, 128)
+    cfg = dataclasses.replace(RULE.default_config(spec, TARGET), prefetch_next=True, batch_inner=True)
+    assert (cfg.batch_tile, cfg.unit_blocks, cfg.candidate_blocks) == (4, 1, 2)
+    lines = [line.strip() for line in _lowered(spec, cfg).splitlines()]
+    at = [i for i, line in enumerate(lines) if "llvm.prefetch" in line]
+    assert len(at) == 2 + 1 + 2
+    for i in at:
+        guard = next(line for line in reversed(lines[:i]) if "llvm.prefetch" not in line and ": T.let" not in line)
+        assert guard.startswith("if ") and guard.endswith("== 0:"), guard
+    without = _lowered(spec, dataclasses.replace(cfg, prefetch_next=False))
+    assert "llvm.prefetch" not in without
 
 
 def test_one_core_target_never_goes_parallel():

@@ -55,6 +55,8 @@ def hand_configs(rule, spec, target) -> list:
     if base is None or not dataclasses.is_dataclass(base):
         return [base]
     names = {f.name for f in dataclasses.fields(base)}
+    if "prefetch_next" in names:  # spliced in outside the schedule's trace: a tuning record could not replay it
+        base = dataclasses.replace(base, prefetch_next=False)
     cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
     two_phases = not spec.config.reset_after  # the candidate phase's knobs mean nothing otherwise
     axes = {"unit_blocks": [d for d in (1, 2, 4, 8) if spec.blocks % d == 0],
