@@ -140,7 +140,7 @@ class GRUCell:
         self.kernel = self.recurrent_kernel = self.bias = None
         self._packed = None
         self._runners = {}
-        self._fast = None  # the runner of the last inference call, tried first
+        self._fast = None  # the last inference runner's fast call (StepRunner.fast), tried first
         self._masks = {"input": None, "recurrent": None}
 
     # ------------------------------------------------------------------ Keras properties
@@ -242,6 +242,7 @@ class GRUCell:
                                     self.weight_dtype)
         for runner in self._runners.values():
             runner.set_weights(self._packed.values())
+        self._fast = None  # it is bound to the old weights' tensors; the next call takes the checked path once
 
     def _require_built(self, what: str) -> None:
         if not self.built:
@@ -357,7 +358,7 @@ class GRUCell:
         masks = self._training_masks(batch) if training else ()
         runner = self._runners.get((batch, len(masks))) or self._make_runner(batch, [m.shape for m in masks])
         if not masks:
-            self._fast = runner
+            self._fast = runner.fast
         return runner(x, h, masks)
 
     def _training_masks(self, batch: int) -> tuple:
