@@ -380,7 +380,7 @@ class DeployedCell:
             self._staging = {}
         else:
             self._weights = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
-        self._outputs = {}  # batch -> OutputPool of host outputs
+        self._host_calls = {}  # batch -> its host call into its own OutputPool (_host_call)
 
     # ------------------------------------------------------------------ Keras-like properties
     @property
@@ -503,11 +503,13 @@ class DeployedCell:
         self._functions[int(out.shape[0])](x, h, *self._weights, out)
         return out
 
-    def _host_outputs(self, batch: int) -> OutputPool:
-        pool = self._outputs.get(batch)
-        if pool is None:
-            pool = self._outputs[batch] = OutputPool((batch, self.units), self.dtype)
-        return pool
+    def _host_call(self, batch: int):
+        """``run(x, h)`` for this batch: its kernel into pooled outputs (:meth:`OutputPool.bind`), made once."""
+        run = self._host_calls.get(batch)
+        if run is None:
+            run = self._host_calls[batch] = OutputPool((batch, self.units), self.dtype).bind(self._functions[batch],
+                                                                                         self._weights)
+        return run
 
     def _call_host_fast(self, inputs, h):
         """numpy arrays straight to the kernel, whose argument binder checks rank, shape, dtype and compactness
@@ -521,10 +523,7 @@ class DeployedCell:
 
     def _run_host(self, batch: int, x, h):
         """One host step into a pooled output: no allocation or DLPack export per step (see ffi_args)."""
-        pool = self._host_outputs(batch)
-        out, out_t = pool.take()
-        self._functions[batch](x, pool.tensor_of(h, h), *self._weights, out_t)
-        return out
+        return self._host_call(batch)(x, h)
 
     def _call_fast(self, inputs, h):
         """GPU tensors with ``new_empty`` (torch): the output comes from the tensor library's own caching
