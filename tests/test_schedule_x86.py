@@ -99,12 +99,15 @@ def test_default_config_is_a_valid_register_tile(shape, dtype):
 
 
 @pytest.mark.parametrize("reset_after", [False, True], ids=["ra0", "ra1"])
-def test_prefetch_next_with_float16_weights(reset_after):
-    """Half-precision rows are 48 (or 16) bytes: the prefetch offsets are in elements of the stored dtype."""
-    spec = StepSpec(GRUConfig(40, reset_after=reset_after), batch=4, input_dim=24, lanes=8, weight_dtype="float16")
+@pytest.mark.parametrize("dtype, weight_dtype", [("float32", "float16"), ("float64", None)], ids=["f16_weights", "f64"])
+def test_prefetch_next_with_other_element_sizes(dtype, weight_dtype, reset_after):
+    """Rows of 48 (or 16) bytes with half-precision weights, V = 4 lanes of 8 bytes in float64: the prefetch
+    offsets are in elements of the stored dtype."""
+    spec = StepSpec(GRUConfig(40, reset_after=reset_after, dtype=dtype), batch=4, input_dim=24,
+                    lanes=targets.lanes(TARGET, dtype), weight_dtype=weight_dtype)
     cfg = dataclasses.replace(RULE.default_config(spec, TARGET), prefetch_next=True, batch_inner=True, batch_tile=2)
     out, ref = _run(spec, cfg)
-    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(out, ref, atol=_tol(dtype), rtol=0)
 
 
 @pytest.mark.parametrize("shape, expected", [((8, 512, 1024), True), ((4, 512, 1024), True), ((1, 512, 1024), False),

@@ -46,7 +46,8 @@ def hand_rule(func, spec, target):
 
 
 def hand_configs(rule, spec, target) -> list:
-    """The default config of ``rule`` first, then a grid over the knobs it has (tiles, threading, phase layout).
+    """The default config of ``rule`` first (less its prefetching, which a record's trace cannot replay), then a
+    grid over the knobs it has (tiles, threading, phase layout).
 
     Knobs that cannot change the kernel of ``spec`` (the candidate phase's with reset_after, batch-inner products
     at batch 1) are left at their defaults, so no two configs give the same schedule.

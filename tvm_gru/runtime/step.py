@@ -41,8 +41,8 @@ class StepRunner:
     def set_weights(self, weights) -> None:
         self.weights = list(weights)
         self._wargs = tuple(tvm_ffi.from_dlpack(w) for w in self.weights)
+        # fast(x, h): the call without masks as one closure (OutputPool.bind), bound to these weights
         self.fast = self._outputs.bind(self.fn, self._wargs)
-        """``fast(x, h)``: the call without masks, as one closure (see :meth:`OutputPool.bind`)."""
 
     def __call__(self, x: np.ndarray, h: np.ndarray, masks=()) -> np.ndarray:
         """Run one step on C-contiguous ``x`` (B, I) and ``h`` (B, H) of the kernel dtype; returns (B, H).
