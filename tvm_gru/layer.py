@@ -369,7 +369,7 @@ class _Runner:
         """The path of repeated calls: no checks beyond the kernel's own argument binder, nothing allocated or
         exported but the input and the returned outputs. The frame-by-frame streaming case (stateful, last
         output only) is spelled out: its Python is most of a small frame's cost."""
-        layer, spec, cell = self.layer, self.spec, self.layer.cell
+        layer, spec, check_fresh = self.layer, self.spec, self.layer._check_fresh  # noqa: SLF001
         time_axis = 0 if spec.time_major else 1
         batch, max_steps, call, outputs = spec.batch, self.max_steps, self._call, self.outputs
         short_steps, short_fn, full_fn = self.short_steps, self.short_fn, self.fn
@@ -377,9 +377,7 @@ class _Runner:
 
         def fast(x, initial=None):
             """``initial``: a (B, H) numpy array overriding the zero or carried state (the kernel checks it)."""
-            src = layer._packed_src  # noqa: SLF001 (the cell's weights replaced behind the layer's back?)
-            if src[0] is not cell.kernel or src[1] is not cell.recurrent_kernel or src[2] is not cell.bias:
-                layer._repack()  # noqa: SLF001
+            check_fresh()  # the cell's weights replaced behind the layer's back?
             steps = x.shape[time_axis]
             if steps == 0 or steps > max_steps:
                 raise ValueError("empty or too long sequence")  # the checked path handles it

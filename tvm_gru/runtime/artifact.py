@@ -380,7 +380,7 @@ class DeployedCell:
             self._staging = {}
         else:
             self._weights = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
-        self._host_calls = {}  # batch -> its host call into its own OutputPool (_host_call)
+        self._host_calls = {}  # batch -> its kernel bound to its own OutputPool (_run_host)
 
     # ------------------------------------------------------------------ Keras-like properties
     @property
@@ -503,14 +503,6 @@ class DeployedCell:
         self._functions[int(out.shape[0])](x, h, *self._weights, out)
         return out
 
-    def _host_call(self, batch: int):
-        """``run(x, h)`` for this batch: its kernel into pooled outputs (:meth:`OutputPool.bind`), made once."""
-        run = self._host_calls.get(batch)
-        if run is None:
-            run = self._host_calls[batch] = OutputPool((batch, self.units), self.dtype).bind(self._functions[batch],
-                                                                                         self._weights)
-        return run
-
     def _call_host_fast(self, inputs, h):
         """numpy arrays straight to the kernel, whose argument binder checks rank, shape, dtype and compactness
         (the user-facing arguments are compiled without an alignment assumption); output from the pool. Returns
@@ -522,8 +514,13 @@ class DeployedCell:
             return None
 
     def _run_host(self, batch: int, x, h):
-        """One host step into a pooled output: no allocation or DLPack export per step (see ffi_args)."""
-        return self._host_call(batch)(x, h)
+        """One host step into a pooled output: no allocation or DLPack export per step. Each batch size has its
+        kernel bound to its own :class:`OutputPool` (:meth:`OutputPool.bind`), made on first use."""
+        run = self._host_calls.get(batch)
+        if run is None:
+            run = self._host_calls[batch] = OutputPool((batch, self.units), self.dtype).bind(self._functions[batch],
+                                                                                         self._weights)
+        return run(x, h)
 
     def _call_fast(self, inputs, h):
         """GPU tensors with ``new_empty`` (torch): the output comes from the tensor library's own caching
