@@ -155,6 +155,29 @@ class CPUSequenceRule:
         return 4, SequenceSchedule(threads=1, gemm_rows=default.gemm_rows, batch_tile=default.batch_tile,
                                    unit_blocks=default.unit_blocks, candidate_blocks=default.candidate_blocks)
 
+    # Weight bytes per core from which single streamed frames run the step kernel (see frames_on_step_kernel).
+    frame_step_min_bytes = 2 * 1024 * 1024
+
+    def frames_on_step_kernel(self, spec, target) -> bool:
+        """Whether a stateful layer's single frames (T=1) should run the cell's step kernel instead of this one.
+
+        With weights that stream from L3 every step, the step kernel is the faster single step: it reads R_h
+        block-major and prefetches the next tile's weights, where this kernel, built to keep its weights in L2
+        over many steps, reads R_h in place for short calls. Measured per frame, interleaved in one process
+        (layer calls): 8x512x1024 847 against 1,339 us, 64x512x1024 6.5 against 7.5 ms, 1x512x1024 289 against
+        331 us; at the smaller shapes the two were within noise of each other or the step kernel slower
+        (64x64x128 132 against 104 us, 1x256x256 30 against 26). x86 only: measured there.
+        """
+        from tvm_gru.targets import family  # noqa: PLC0415
+
+        c = spec.config
+        if family(target) != "x86" or spec.masked or spec.input_masks or spec.recurrent_masks:
+            return False
+        cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
+        itemsize = 4 if c.dtype == "float32" else 8
+        weight_bytes = (spec.input_dim + c.units) * 3 * spec.padded_units * itemsize
+        return weight_bytes // cores >= self.frame_step_min_bytes
+
     def apply(self, spec, target, schedule: SequenceSchedule | None = None):
         """Return the IRModule ``{"main": kernel}`` (signature in :func:`tvm_gru.sequence.SequenceSpec`)."""
         import tvm  # noqa: PLC0415

@@ -139,6 +139,72 @@ def test_stateful_streaming_equals_one_call(reset_after):
     np.testing.assert_allclose(fresh(x[:, 12:]), whole[:, 12:], rtol=0, atol=1e-6)  # carried on from there
 
 
+@pytest.mark.parametrize("reset_after, time_major", [(False, False), (True, True)], ids=["ra0", "ra1_time_major"])
+def test_frames_on_the_step_kernel(monkeypatch, reset_after, time_major):
+    """Single frames of a streaming layer run the cell's step kernel where the rule says so (here forced at a
+    small shape): the same numbers as one whole-sequence call, with the carried state, an initial_state
+    override, strided frames (the checked path), reset_states and new weights."""
+    from tvm_gru.runtime.step import StepRunner
+    from tvm_gru.schedules.sequence import CPUSequenceRule
+
+    monkeypatch.setattr(CPUSequenceRule, "frame_step_min_bytes", 0)
+    ran = []
+    run_into = StepRunner.run_into
+    monkeypatch.setattr(StepRunner, "run_into", lambda self, *a: (ran.append(1), run_into(self, *a)))
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-1, 1, (3, 14, 4)).astype("float32")  # batch-major (B, T, I)
+    kw = dict(reset_after=reset_after, time_major=time_major)
+
+    def frame(t):  # (B, 1, I) or (1, B, I), contiguous
+        return np.ascontiguousarray(x[:, t:t + 1] if not time_major else x[:, t][None])
+
+    def as_batch_major(seq):
+        return seq if not time_major else seq.transpose(1, 0, 2)
+
+    whole = as_batch_major(_layer(return_sequences=True, **kw)(x if not time_major else x.transpose(1, 0, 2)))
+    stream = _layer(stateful=True, **kw)
+    outs = [stream(frame(t)) for t in range(6)]
+    assert len(ran) >= 5  # the first call takes the checked path (the sequence kernel), then the step kernel
+    for t, out in enumerate(outs):
+        np.testing.assert_allclose(out, whole[:, t], rtol=0, atol=1e-6)
+    assert not np.shares_memory(outs[-1], stream.states[0])
+    np.testing.assert_allclose(stream.states[0], whole[:, 5], rtol=0, atol=1e-6)
+    # a strided frame: the step kernel's binder refuses it and the checked path runs it
+    strided = x[:, 6:7] if not time_major else x.transpose(1, 0, 2)[6:7]
+    np.testing.assert_allclose(stream(strided), whole[:, 6], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(stream(frame(7), initial_state=whole[:, 6]), whole[:, 7], rtol=0, atol=1e-6)
+    stream.reset_states(whole[:, 7])
+    np.testing.assert_allclose(stream(frame(8)), whole[:, 8], rtol=0, atol=1e-6)
+    before = len(ran)
+    # new weights through the cell: the step kernel's weights follow
+    weights = [w * 0.5 for w in stream.get_weights()]
+    stream.cell.set_weights(weights)
+    other = _layer(return_sequences=True, **kw)
+    other.set_weights(weights)
+    expected = as_batch_major(other(x[:, 9:11] if not time_major else x[:, 9:11].transpose(1, 0, 2),
+                                    initial_state=stream.states[0]))
+    np.testing.assert_allclose(np.stack([stream(frame(9)), stream(frame(10))], 1), expected, rtol=0, atol=1e-6)
+    assert len(ran) == before + 2
+
+
+def test_frames_on_the_step_kernel_only_where_the_weights_stream_from_l3():
+    from tvm_gru import targets
+    from tvm_gru.config import GRUConfig
+    from tvm_gru.sequence import SequenceSpec, frames_on_step_kernel
+
+    x86 = targets.resolve({"name": "x86", "num-cores": 2})
+    arm = targets.resolve({"name": "aarch64", "num-cores": 4})
+
+    def spec(batch, input_dim, units, **kw):
+        return SequenceSpec(GRUConfig(units), batch=batch, input_dim=input_dim, return_sequences=False, **kw)
+
+    for shape, expected in [((1, 512, 1024), True), ((8, 512, 1024), True), ((64, 512, 1024), True),
+                            ((1, 256, 256), False), ((64, 256, 256), False), ((8, 64, 128), False)]:
+        assert frames_on_step_kernel(spec(*shape), x86) is expected, shape
+    assert not frames_on_step_kernel(spec(8, 512, 1024, masked=True), x86)  # the step kernel has no mask
+    assert not frames_on_step_kernel(spec(8, 512, 1024), arm)  # not measured there
+
+
 def test_streaming_allocates_only_the_outputs():
     layer = _layer(units=32, input_dim=16, stateful=True, return_state=True)
     frame = np.ones((1, 1, 16), "float32")

@@ -309,23 +309,26 @@ class _Runner:
     Nothing the caller does not get back is allocated or exported per call (see
     :class:`tvm_gru.runtime.ffi_args.SequenceOutputs`): the zero initial state, the unused ``last`` / ``state``
     outputs and a stateful layer's two state buffers are wrapped once, and returned outputs come from pools.
-    Calls of a few steps (streaming) may run a serial kernel (see ``CPUSequenceRule.short_schedule``).
+    Calls of a few steps (streaming) may run a serial kernel (see ``CPUSequenceRule.short_schedule``), and a
+    stateful layer's single frames may run the cell's step kernel (see :meth:`_frame`).
     """
 
     def __init__(self, layer, spec, packed):
         from .runtime.ffi_args import SequenceOutputs  # noqa: PLC0415
-        from .sequence import compile_sequence, compile_short_sequence  # noqa: PLC0415 (compiler on first call)
+        from .sequence import compile_sequence, compile_short_sequence, frames_on_step_kernel  # noqa: PLC0415
 
         self.layer, self.spec = layer, spec
         target = layer.cell.target
         self.fn = compile_sequence(spec, target)
         self.short_steps, self.short_fn = compile_short_sequence(spec, target) or (0, None)
+        self.frames_on_step = frames_on_step_kernel(spec, target)
         self.outputs = SequenceOutputs(spec.batch, spec.config.units, spec.config.dtype, spec.return_sequences,
                                        spec.time_major, layer.return_state and not layer.stateful)
         # The kernel's per-call buffers (inputs, input projections, outputs) grow with the step count, and it
         # indexes them with 32-bit integers: longer calls are refused (a stateful layer can take them in chunks).
         self.max_steps = max_steps(spec.batch, spec.input_dim, spec.config.units)  # longer: the checked path refuses
         self.set_weights(packed)
+        self._frame_fn = None  # built on the first single streamed frame
         self.fast = self._make_fast()
 
     def set_weights(self, packed) -> None:
@@ -374,6 +377,7 @@ class _Runner:
         batch, max_steps, call, outputs = spec.batch, self.max_steps, self._call, self.outputs
         short_steps, short_fn, full_fn = self.short_steps, self.short_fn, self.fn
         stateful, streaming, stream = layer.stateful, layer._streams_frames, layer._stream_call  # noqa: SLF001
+        frames_on_step = self.frames_on_step
 
         def fast(x, initial=None):
             """``initial``: a (B, H) numpy array overriding the zero or carried state (the kernel checks it)."""
@@ -388,6 +392,34 @@ class _Runner:
                 raise ValueError("stateful layer: no state for this batch yet")
             if not streaming:
                 return call(x, initial, steps)
+            if steps == 1 and frames_on_step:
+                return (self._frame_fn or self._frame())(x, initial)
             return stream(x, initial, outputs, short_fn if steps <= short_steps else full_fn, self.wargs)
 
         return fast
+
+    def _frame(self):
+        """``frame(x, initial)``: one streamed frame (B, 1, I) (time-major (1, B, I)) through the cell's step kernel,
+        where that is the faster single step (``frames_on_step``, see ``CPUSequenceRule.frames_on_step_kernel``).
+        It shares the cell's packed weights and compiled kernel.
+
+        The kernel writes the new state into the spare state buffer; the output is a copy of it from the output
+        pool (the caller may keep or change it).
+        """
+        layer, outputs = self.layer, self.outputs
+        shape = (self.spec.batch, self.spec.input_dim)
+        cell = layer.cell
+        step = cell._runners.get((shape[0], 0)) or cell._make_runner(shape[0], [])  # noqa: SLF001 (shares its weights)
+        take, copy = outputs.last.take, np.copyto
+
+        def frame(x, initial):
+            states = layer._states  # noqa: SLF001
+            h0, state_t = outputs.state_pair(states)
+            step.run_into(x.reshape(shape), h0 if initial is None else initial, state_t)
+            out = take()[0]
+            copy(out, states[1])
+            states.reverse()  # the new state, in the spare buffer, becomes current
+            return out
+
+        self._frame_fn = frame
+        return frame

@@ -225,6 +225,15 @@ def compile_short_sequence(spec: SequenceSpec, target=None):
     return plan[0], compile_sequence(spec, target, plan[1])
 
 
+def frames_on_step_kernel(spec: SequenceSpec, target=None) -> bool:
+    """Whether single streamed frames of ``spec`` run faster on the step kernel (see
+    ``CPUSequenceRule.frames_on_step_kernel``)."""
+    from . import targets  # noqa: PLC0415
+
+    target = targets.resolve(target)
+    return _rule(target).frames_on_step_kernel(spec, target)
+
+
 def compile_sequence(spec: SequenceSpec, target=None, schedule=None):
     """Return the compiled sequence kernel (cached in memory and under ``build.cache_dir()``).
 

@@ -56,3 +56,8 @@ class StepRunner:
         out, out_t = pool.take()
         self.fn(x, pool.tensor_of(h, h), *self._wargs, *masks, out_t)
         return out
+
+    def run_into(self, x, h, out) -> None:
+        """One step without masks into ``out`` (a (B, H) array or FFI tensor the caller owns); ``h`` may be an FFI
+        tensor too. Raises as :meth:`__call__`."""
+        self.fn(x, h, *self._wargs, out)
