@@ -141,6 +141,43 @@ def test_masking_and_initial_state(artifacts, name):
     np.testing.assert_array_equal(again[0] if layer.return_state else again, got)
 
 
+@pytest.mark.parametrize("reset_after", [False, True], ids=["ra0", "ra1"])
+def test_deployed_frames_on_the_step_kernel(tmp_path, monkeypatch, reset_after):
+    """A streaming layer's artifact carries the step kernel for single frames where the rule runs them on it
+    (forced here at a small shape); the deployed layer runs frames on it, with R_h rebuilt block-major, to the
+    numbers of one whole-sequence call."""
+    from tvm_gru.schedules.sequence import CPUSequenceRule
+
+    monkeypatch.setattr(CPUSequenceRule, "frame_step_min_bytes", 0)
+    ran = []
+    frame_call = DeployedGRU._frame_call
+    monkeypatch.setattr(DeployedGRU, "_frame_call", lambda self, *a: ran.append(frame_call(self, *a)) or ran[-1])
+    rng = np.random.default_rng(3)
+    layer = tvm_gru.GRU(20, stateful=True, reset_after=reset_after)
+    layer.build((2, 1, 6))
+    layer.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
+    deployed = load(layer.export(tmp_path / "frames", batch=[2, 3], masking=False))
+    functions = deployed.metadata["kernel"]["functions"]
+    assert functions["2"]["frame"] == "frame_b2" and functions["3"]["frame"] == "frame_b3"
+    x = rng.uniform(-1, 1, (2, 9, 6)).astype("float32")
+    whole = tvm_gru.GRU(20, return_sequences=True, reset_after=reset_after)
+    whole.build(x.shape)
+    whole.set_weights(layer.get_weights())
+    expected = whole(x)
+    got = [deployed(np.ascontiguousarray(x[:, t:t + 1])) for t in range(4)]
+    assert len(ran) == 3  # the first frame takes the checked path (it sets up the state), then the step kernel
+    np.testing.assert_allclose(np.stack(got, 1), expected[:, :4], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(deployed(x[:, 4:6]), expected[:, 5], rtol=0, atol=1e-6)  # two steps: the sequence kernel
+    np.testing.assert_allclose(deployed(np.ascontiguousarray(x[:, 6:7]), initial_state=expected[:, 5]),
+                               expected[:, 6], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(deployed(x[:, 7:8]), expected[:, 7], rtol=0, atol=1e-6)  # strided: checked path
+    np.testing.assert_allclose(deployed.states[0], expected[:, 7], rtol=0, atol=1e-6)
+    # layers that return sequences or states do not stream frames: no frame kernel is exported for them
+    plain = tvm_gru.GRU(20, return_sequences=True, stateful=True)
+    plain.build((2, 1, 6))
+    assert "frame" not in load(plain.export(tmp_path / "plain", batch=2)).metadata["kernel"]["functions"]["2"]
+
+
 def test_stateful_streaming_chunk_by_chunk(artifacts):
     layer, deployed, path = artifacts["stateful_parallel"]
     entry = deployed.metadata["kernel"]["functions"]["1"]

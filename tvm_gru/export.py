@@ -335,10 +335,14 @@ def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
 
     Per batch B: ``seq_b{B}`` (the rule's default schedule), ``seq_b{B}_masked`` (with ``masking``), and, when
     the rule has a serial schedule for short calls (streaming), ``seq_b{B}_short`` / ``seq_b{B}_short_masked``.
+    A streaming layer (stateful, last output only) also gets ``frame_b{B}``, the step kernel, where the rule runs
+    single frames on it (``CPUSequenceRule.frames_on_step_kernel``).
     Returns ``(executable, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
     """
     import tvm  # noqa: PLC0415
 
+    from .build import scheduled_module  # noqa: PLC0415
+    from .config import StepSpec  # noqa: PLC0415
     from .sequence import SequenceSpec, _rule, compile_sequence_module, scheduled_sequence  # noqa: PLC0415
 
     rule = _rule(target)
@@ -361,6 +365,11 @@ def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
                 func = scheduled_sequence(spec, target, schedule)["main"]
                 funcs[name] = func.with_attr("global_symbol", name)
                 entry[key] = name
+            streams = layer.stateful and not layer.return_sequences and not layer.return_state  # DeployedGRU's frames
+            if not masked and streams and rule.frames_on_step_kernel(spec, target):
+                step = StepSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes)
+                name = entry["frame"] = f"frame_b{batch}"
+                funcs[name] = scheduled_module(step, target)["main"].with_attr("global_symbol", name)
     return compile_sequence_module(tvm.IRModule(funcs), target), table  # the in-process compile's passes
 
 
@@ -432,7 +441,10 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
                    "states": ["batch", config.units], **{n: list(a.shape) for n, a in packed.items()}},
         "target": _target_meta(target, family),
         "kernel": {"library": "kernel.so", "functions": table, "weights": list(packed),
-                   "args": ["x", "h0", "[mask]", *packed, "[sequence]", "last", "state", "reverse"]},
+                   "args": ["x", "h0", "[mask]", *packed, "[sequence]", "last", "state", "reverse"],
+                   # the "frame" functions (single streamed frames): the step kernel, R_h block-major (NB, H, 1, V),
+                   # rebuilt from candidate_packed at load time
+                   "frame_args": ["x (B, I)", "h (B, H)", *packed, "h_new (B, H)"]},
     }
     return _write_artifact(dest, executable, family, packed, meta)
 

@@ -399,27 +399,15 @@ class _Runner:
         return fast
 
     def _frame(self):
-        """``frame(x, initial)``: one streamed frame (B, 1, I) (time-major (1, B, I)) through the cell's step kernel,
-        where that is the faster single step (``frames_on_step``, see ``CPUSequenceRule.frames_on_step_kernel``).
-        It shares the cell's packed weights and compiled kernel.
-
-        The kernel writes the new state into the spare state buffer; the output is a copy of it from the output
-        pool (the caller may keep or change it).
-        """
-        layer, outputs = self.layer, self.outputs
-        shape = (self.spec.batch, self.spec.input_dim)
-        cell = layer.cell
-        step = cell._runners.get((shape[0], 0)) or cell._make_runner(shape[0], [])  # noqa: SLF001 (shares its weights)
-        take, copy = outputs.last.take, np.copyto
+        """``frame(x, initial)``: one streamed frame through the cell's step kernel (``SequenceLayerCalls._frame_call``),
+        where that is the faster single step (``frames_on_step``). It shares the cell's packed weights (which
+        follow ``cell.set_weights``) and compiled kernel."""
+        layer, outputs, cell, batch = self.layer, self.outputs, self.layer.cell, self.spec.batch
+        step = cell._runners.get((batch, 0)) or cell._make_runner(batch, [])  # noqa: SLF001 (shares its weights)
+        frame_call, run = layer._frame_call, step.run_into  # noqa: SLF001
 
         def frame(x, initial):
-            states = layer._states  # noqa: SLF001
-            h0, state_t = outputs.state_pair(states)
-            step.run_into(x.reshape(shape), h0 if initial is None else initial, state_t)
-            out = take()[0]
-            copy(out, states[1])
-            states.reverse()  # the new state, in the spare buffer, becomes current
-            return out
+            return frame_call(x, initial, outputs, run)
 
         self._frame_fn = frame
         return frame

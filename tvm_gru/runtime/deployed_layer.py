@@ -4,10 +4,13 @@ numpy + apache-tvm-ffi only, like :mod:`.artifact` (which loads the folder and h
 A layer artifact (``"kind": "layer"``, written by :func:`tvm_gru.export.export_layer`) holds, per batch size,
 the fused whole-sequence kernel of :mod:`tvm_gru.sequence` (the time extent is symbolic: one kernel serves
 every sequence length), its masked variant, and, where the schedule has one, a serial variant for calls of a
-few steps (streaming). The layer's options are fixed at export, as they are at a Keras layer's construction.
+few steps (streaming); a streaming layer with large weights also gets the step kernel for single frames
+(``"frame"``). The layer's options are fixed at export, as they are at a Keras layer's construction.
 
 Kernel arguments (see ``tvm_gru.sequence.SequenceSpec``): ``x``, ``h0`` (B, H), [``mask`` uint8], the packed
-weights in metadata order, [``sequence``], ``last`` (B, H), ``state`` (B, H), ``reverse`` (int).
+weights in metadata order, [``sequence``], ``last`` (B, H), ``state`` (B, H), ``reverse`` (int). A frame
+kernel takes ``x`` (B, I), ``h`` (B, H), the same weights but R_h block-major (see :func:`frame_weights`), and
+``h_new`` (B, H).
 
 >>> layer = tvm_gru_runtime.load("gru_layer")                       # doctest: +SKIP
 >>> seq, h = layer(x_btI, mask=valid_bt)                            # doctest: +SKIP
@@ -23,7 +26,7 @@ from .artifact import ArtifactError, _aligned, _unpack
 from .ffi_args import SequenceOutputs
 from .layer_calls import NOT_PLAIN, SequenceLayerCalls, kernel_view, max_steps
 
-__all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights"]
+__all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "check_weights", "frame_weights"]
 
 LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
 
@@ -65,6 +68,21 @@ def check_weights(meta: dict, weights: dict) -> None:
                                 f"lanes={lanes}) implies {shape}")
 
 
+def frame_weights(names, arrays) -> list:
+    """The step kernel's packed weights from the sequence kernel's (``names``/``arrays`` in kernel order).
+
+    They are the same arrays but for the candidate's recurrent weights (reset_after=False): the sequence kernel
+    takes them as rows, ``candidate_packed`` (H, NB, V), the step kernel block-major, (NB, H, 1, V)
+    (``tvm_gru.packing``). Rebuilt here rather than stored twice in the artifact.
+    """
+    out = []
+    for name, array in zip(names, arrays):
+        if name == "candidate_packed":
+            array = _aligned(np.ascontiguousarray(array.transpose(1, 0, 2))[:, :, None, :])
+        out.append(array)
+    return out
+
+
 class _Kernels:
     """The kernels of one batch size: full and serial-short, each plain and masked (masked may be absent)."""
 
@@ -81,6 +99,7 @@ class _Kernels:
         self.full, self.masked = get("full"), get("masked")
         self.short, self.short_masked = get("short"), get("short_masked")
         self.short_steps = int(entry.get("short_steps", 0)) if self.short is not None else 0
+        self.frame = get("frame")  # the step kernel for single streamed frames, or None
         if self.full is None:
             raise ArtifactError(f"layer kernel entry {entry} names no 'full' function")
 
@@ -131,6 +150,8 @@ class DeployedGRU(SequenceLayerCalls):
         self.target = meta["target"]
         self._host_weights = [_aligned(weights[n]) for n in meta["kernel"]["weights"]]
         self._wargs = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
+        self._frame_runs = {}  # batch -> step(x, h, out) of the frame kernel, with its weights
+        self._frame_weights = None  # (arrays, FFI tensors) of the frame kernels, built on the first frame
         self._kernels = {int(b): _Kernels(module, entry) for b, entry in meta["kernel"]["functions"].items()}
         self.batch_sizes = tuple(sorted(self._kernels))
         self._module = module  # keeps the library loaded
@@ -240,10 +261,27 @@ class DeployedGRU(SequenceLayerCalls):
                 or steps > max_steps(batch, self.input_dim, self.units):
             return None
         try:
+            if steps == 1 and kernels.frame is not None:
+                return self._frame_call(x, initial_state, self._outputs_for(batch), self._frame_run(batch, kernels.frame))
             return self._stream_call(x, initial_state, self._outputs_for(batch), kernels.pick(steps, False),
                                      self._wargs)
         except (TypeError, ValueError, BufferError):
             return None
+
+    def _frame_run(self, batch, fn):
+        """``step(x, h, out)``: the frame kernel of ``batch`` bound to its weights (built on first use)."""
+        run = self._frame_runs.get(batch)
+        if run is None:
+            if self._frame_weights is None:
+                arrays = frame_weights(self.metadata["kernel"]["weights"], self._host_weights)
+                self._frame_weights = (arrays, tuple(tvm_ffi.from_dlpack(w) for w in arrays))
+            wargs = self._frame_weights[1]
+
+            def run(x, h, out):
+                fn(x, h, *wargs, out)
+
+            self._frame_runs[batch] = run
+        return run
 
     def _check_batch(self, batch: int) -> None:
         if batch not in self._kernels:

@@ -146,6 +146,22 @@ class SequenceLayerCalls:
         states.reverse()  # the new state, written into the spare buffer, becomes current
         return out
 
+    def _frame_call(self, x, initial, outputs, step):
+        """One streamed frame through a step kernel, where that is the faster single step (see
+        ``CPUSequenceRule.frames_on_step_kernel``); arguments and errors as :meth:`_stream_call`.
+
+        ``x``: (B, 1, I) (time-major (1, B, I)); ``step(x (B, I), h, out)`` runs the kernel with its weights. It
+        writes the new state into the spare state buffer; the caller gets a pooled copy (which it may keep or
+        change).
+        """
+        states = self._states
+        h0, state_t = outputs.state_pair(states)
+        step(x.reshape(states[0].shape[0], -1), h0 if initial is None else initial, state_t)
+        out = outputs.last.take()[0]
+        np.copyto(out, states[1])
+        states.reverse()
+        return out
+
     # ------------------------------------------------------------------ call arguments
     def _split_inputs(self, inputs, initial_state):
         """Keras accepts ``[inputs, *initial_states]``: return ``(inputs, initial_state)``."""
