@@ -18,9 +18,12 @@ reported figure is the median over rounds of the per-call time. Rows:
   numpy hoists the input projection out of the loop; onnxruntime runs seq_length=100; torch ``nn.GRU``.
 
 Roofline: measured in the same run. Peak = numpy float32 matmul of large square matrices (all threads);
-cache read bandwidth = a compiled TVM reduction over an array of the packed weights' size (best of 1 and
-all threads). A step's roofline time is max(FLOPs / peak, weight bytes / bandwidth); each tvm_gru figure
-is printed as roofline / measured (1.0 = at the limit).
+cache read bandwidth = a compiled TVM reduction reading an array of the given size over and over in one call
+(best of 1 and all threads; the repeats keep the launch out of it). A step's roofline time is
+max(FLOPs / peak, weight bytes / bandwidth). A sequence's is the floor of the fused kernel: the input
+projection of all steps at the peak, then per step max(recurrent FLOPs / peak, recurrent weight bytes /
+their own read bandwidth), which is L2's when a core's share fits there. Each tvm_gru figure is printed as
+roofline / measured (1.0 = at the limit).
 
 Outputs in ``--out``: ``results.csv`` (one row per peer, kind and shape), ``results.md`` (tables) and
 ``latency.png`` (plot).
@@ -70,6 +73,18 @@ class Case:
     @property
     def weight_bytes(self) -> int:
         return 4 * 3 * self.units * (self.input_dim + self.units)
+
+    @property
+    def recurrent_bytes(self) -> int:
+        """Bytes of the recurrent kernel: what a fused sequence kernel reads at every step."""
+        return 4 * 3 * self.units * self.units
+
+    def seq_roofline(self, peak: float, recurrent_bandwidth: float, steps: int) -> float:
+        """Seconds for ``steps`` steps in one fused call: the input projection as one GEMM at the peak, then per
+        step the recurrent product, bound by the peak or by reading the recurrent kernel."""
+        gemm = 2.0 * self.batch * 3 * self.units * self.input_dim * steps / peak
+        recurrent_flops = 2.0 * self.batch * 3 * self.units * self.units
+        return gemm + steps * max(recurrent_flops / peak, self.recurrent_bytes / recurrent_bandwidth)
 
 
 def make_case(batch, input_dim, units, seed=0) -> Case:
@@ -358,9 +373,9 @@ def sgemm_peak(threads: int) -> float:
     return best
 
 
-def _reduction_kernel(nbytes: int, threads: int, streams: int = 4):
+def _reduction_kernel(nbytes: int, threads: int, streams: int = 4, repeats: int = 1):
     """sum over k of A[n, k, :] for A of ``nbytes`` float32 (NB, K, 24): the packed weights' access pattern,
-    ``streams`` unit blocks read side by side per thread."""
+    ``streams`` unit blocks read side by side per thread, the whole array ``repeats`` times per call."""
     import tvm  # noqa: PLC0415
     from tvm import s_tir, te  # noqa: PLC0415
 
@@ -371,30 +386,35 @@ def _reduction_kernel(nbytes: int, threads: int, streams: int = 4):
     depth = max(1, nbytes // (4 * width * nb))
     a = te.placeholder((nb, depth, width), "float32", "A")
     k = te.reduce_axis((0, depth), "k")
-    o = te.compute((nb, width), lambda n, w: te.sum(a[n, k, w], axis=k), name="O")
+    r = te.reduce_axis((0, repeats), "r")
+    o = te.compute((nb, width), lambda n, w: te.sum(a[n, k, w], axis=[r, k]), name="O")
     sch = s_tir.Schedule(te.create_prim_func([a, o]))
     block = sch.get_sblock("O")
-    n, w, kk = sch.get_loops(block)
+    n, w, rr, kk = sch.get_loops(block)
     n_o, n_i = sch.split(n, [None, streams])
     w_o, w_i = sch.split(w, [None, 8])
-    sch.reorder(n_o, kk, n_i, w_o, w_i)
+    sch.reorder(n_o, rr, kk, n_i, w_o, w_i)
     sch.unroll(n_i)
     sch.unroll(w_o)
     sch.vectorize(w_i)
     if threads > 1:
         sch.parallel(n_o)
-    sch.decompose_reduction(block, kk)
+    sch.decompose_reduction(block, rr)
     target = targets.resolve(None)
     fn = tvm.compile(sch.mod, target=target).jit()["main"]
     args = [tvm.runtime.tensor(np.ones((nb, depth, width), np.float32)), tvm.runtime.tensor(np.zeros((nb, width), np.float32))]
-    return fn, args, nb * depth * width * 4
+    return fn, args, nb * depth * width * 4 * repeats
 
 
 def read_bandwidth(nbytes: int, threads: int) -> float:
-    """Bytes/s reading an array of ``nbytes`` repeatedly (cache-resident when it fits), best of 1..threads."""
+    """Bytes/s reading an array of ``nbytes`` repeatedly (cache-resident when it fits), best of 1..threads.
+
+    Each call reads the array enough times (up to 64) to read ~8 MB, so a parallel launch (~1.5 us) is not
+    part of the figure."""
     best = 0.0
+    repeats = max(1, min(64, (8 << 20) // max(1, nbytes)))
     for t in sorted({1, threads}):
-        fn, args, real = _reduction_kernel(nbytes, t)
+        fn, args, real = _reduction_kernel(nbytes, t, repeats=repeats)
         n = max(3, int(2e-3 / max(real / 50e9, 1e-7)))
         for _ in range(n):
             fn(*args)
@@ -437,17 +457,20 @@ def main(argv=None) -> int:
     for shape in shapes:
         case = make_case(*shape)
         bw = read_bandwidth(case.weight_bytes, threads)
+        bw_rec = read_bandwidth(case.recurrent_bytes, threads)
         roof_us = max(case.flops / peak, case.weight_bytes / bw) * 1e6
+        roof_seq_us = case.seq_roofline(peak, bw_rec, SEQ_LEN) * 1e6
         print(f"\n== {case.label} (batch x input_dim x units): weights {case.weight_bytes / 1e6:.2f} MB read at "
-              f"{bw / 1e9:.0f} GB/s, {case.flops / 1e6:.1f} MFLOP -> roofline {roof_us:.2f} us/step")
+              f"{bw / 1e9:.0f} GB/s, {case.flops / 1e6:.1f} MFLOP -> roofline {roof_us:.2f} us/step; recurrent "
+              f"{case.recurrent_bytes / 1e6:.2f} MB read at {bw_rec / 1e9:.0f} GB/s -> {SEQ_LEN} steps fused "
+              f"{roof_seq_us:.1f} us")
         for kind in ("step", "seq"):
             fns = {**tvm_gru_peers(case, kind), **numpy_peers(case, kind), **onnxruntime_peers(case, kind, threads),
                    **torch_peers(case, kind, threads)}
             res = time_interleaved(fns, rounds, batch_s, args.settle)
-            steps = 1 if kind == "step" else SEQ_LEN
+            roof = roof_us if kind == "step" else roof_seq_us
             ort = next((v[0] for k, v in res.items() if k.startswith("onnxruntime")), None)
             for name, (med, best, n) in res.items():
-                roof = roof_us * steps
                 row = {"shape": case.label, "batch": case.batch, "input_dim": case.input_dim, "units": case.units,
                        "kind": kind, "peer": name, "median_us": round(med, 3), "min_us": round(best, 3),
                        "rounds": n, "threads": threads, "roofline_us": round(roof, 3),
