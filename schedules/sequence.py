@@ -120,15 +120,13 @@ class CPUSequenceRule:
         batch_tile, unit_blocks = self.register_tile(spec.batch, 3 if c.reset_after else 2)
         unit_blocks = min(unit_blocks, spec.blocks)
         candidate_blocks = max(1, min(spec.blocks, self.max_accumulators // batch_tile))
-        cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
-        itemsize = 4 if c.dtype == "float32" else 8
-        step_bytes = c.units * 3 * spec.padded_units * itemsize * max(1, spec.batch // 4)
-        threads = max(1, min(cores, spec.blocks) if step_bytes >= 96 * 1024 else 1)
+        step_bytes = c.units * _row_bytes(spec) * max(1, spec.batch // 4)
+        threads = max(1, min(_cores(target), spec.blocks) if step_bytes >= 96 * 1024 else 1)
         # Input weights per part small enough to stay in L2 next to the recurrent ones: project in the barrier
         # waits. Measured 1x64x128 (48 KB per part), 100 steps, old and new kernels interleaved in one process:
         # 3 % faster (median over 10 runs, each -1 .. +4.5 %); 1x256x256 (384 KB per part) got 5 % slower
         # (775 -> 812 us: the projection no longer reuses its weights from L1 and evicts recurrent ones).
-        input_bytes = spec.input_dim * 3 * spec.padded_units * itemsize // threads
+        input_bytes = spec.input_dim * _row_bytes(spec) // threads
         in_barrier = spec.batch == 1 and not c.reset_after and threads > 1 and input_bytes <= 64 * 1024
         # Several batch tiles re-read each candidate tile's weights: in place (rows 4*Hp bytes apart, all in
         # the same cache sets) every batch tile fetched them again from L3. Block-major copies, measured
@@ -148,8 +146,7 @@ class CPUSequenceRule:
         frame: 5.6 us serial against 7.0 us on two threads).
         """
         default = self.default_schedule(spec, target)
-        itemsize = 4 if spec.config.dtype == "float32" else 8
-        step_bytes = spec.config.units * 3 * spec.padded_units * itemsize * spec.batch
+        step_bytes = spec.config.units * _row_bytes(spec) * spec.batch
         if default.threads == 1 or step_bytes > 256 * 1024:
             return None
         return 4, SequenceSchedule(threads=1, gemm_rows=default.gemm_rows, batch_tile=default.batch_tile,
@@ -170,13 +167,10 @@ class CPUSequenceRule:
         """
         from tvm_gru.targets import family  # noqa: PLC0415
 
-        c = spec.config
         if family(target) != "x86" or spec.masked or spec.input_masks or spec.recurrent_masks:
             return False
-        cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
-        itemsize = 4 if c.dtype == "float32" else 8
-        weight_bytes = (spec.input_dim + c.units) * 3 * spec.padded_units * itemsize
-        return weight_bytes // cores >= self.frame_step_min_bytes
+        weight_bytes = (spec.input_dim + spec.config.units) * _row_bytes(spec)
+        return weight_bytes // _cores(target) >= self.frame_step_min_bytes
 
     def apply(self, spec, target, schedule: SequenceSchedule | None = None):
         """Return the IRModule ``{"main": kernel}`` (signature in :func:`tvm_gru.sequence.SequenceSpec`)."""
@@ -192,6 +186,16 @@ class CPUSequenceRule:
 
 
 RULES = (CPUSequenceRule(),)
+
+
+def _cores(target) -> int:
+    """The target's ``num-cores`` (1 when it does not say)."""
+    return int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
+
+
+def _row_bytes(spec) -> int:
+    """Bytes of one row (one k) of a packed weight matrix: three gates of all padded units."""
+    return 3 * spec.padded_units * (4 if spec.config.dtype == "float32" else 8)
 
 
 # ------------------------------------------------------------------------------------------------------

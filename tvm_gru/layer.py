@@ -399,9 +399,9 @@ class _Runner:
         return fast
 
     def _frame(self):
-        """``frame(x, initial)``: one streamed frame through the cell's step kernel (``SequenceLayerCalls._frame_call``),
-        where that is the faster single step (``frames_on_step``). It shares the cell's packed weights (which
-        follow ``cell.set_weights``) and compiled kernel."""
+        """``frame(x, initial)``: one streamed frame through the cell's step kernel
+        (``SequenceLayerCalls._frame_call``), where that is the faster single step (``frames_on_step``). It shares
+        the cell's packed weights (which follow ``cell.set_weights``) and compiled kernel."""
         layer, outputs, cell, batch = self.layer, self.outputs, self.layer.cell, self.spec.batch
         step = cell._runners.get((batch, 0)) or cell._make_runner(batch, [])  # noqa: SLF001 (shares its weights)
         frame_call, run = layer._frame_call, step.run_into  # noqa: SLF001

@@ -262,7 +262,8 @@ class DeployedGRU(SequenceLayerCalls):
             return None
         try:
             if steps == 1 and kernels.frame is not None:
-                return self._frame_call(x, initial_state, self._outputs_for(batch), self._frame_run(batch, kernels.frame))
+                run = self._frame_run(batch, kernels.frame)
+                return self._frame_call(x, initial_state, self._outputs_for(batch), run)
             return self._stream_call(x, initial_state, self._outputs_for(batch), kernels.pick(steps, False),
                                      self._wargs)
         except (TypeError, ValueError, BufferError):
