@@ -119,8 +119,12 @@ def tvm_gru_peers(case: Case, kind: str) -> dict:
             if layer is not None:
                 out[f"tvm_gru.GRU{tag}"] = layer
             if not tag:
-                out["tvm_gru.GRU streaming, 1 frame per call"] = _gru_stream(tvm_gru, case, cfg, case.weights[wname])
+                out[STREAM_PEER] = _gru_stream(tvm_gru, case, cfg, case.weights[wname])
     return out
+
+
+STREAM_PEER = "tvm_gru.GRU streaming, 1 frame per call"
+SEQ_PEER = "tvm_gru.GRU"
 
 
 def _gru_stream(tvm_gru, case, cfg, weights):
@@ -332,8 +336,13 @@ def wait_until_quiet(window_s: float = QUIET_WINDOW_S, max_s: float = QUIET_MAX_
     return time.perf_counter() - t0
 
 
-def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = SETTLE_S) -> dict:
-    """Median/min per-call time (us) of each callable, timed round-robin, each block on quiet cores."""
+def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = SETTLE_S,
+                     samples: dict | None = None) -> dict:
+    """Median/min per-call time (us) of each callable, timed round-robin, each block on quiet cores.
+
+    ``samples``, if given, receives each callable's per-round times (us), in round order, for ratios paired
+    by round (see :func:`paired_ratio`).
+    """
     calls = {}
     for name, fn in fns.items():
         fn()
@@ -341,7 +350,7 @@ def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = S
         fn()
         one = time.perf_counter() - t0
         calls[name] = max(1, int(batch_s / max(one, 1e-7)))
-    samples = {name: [] for name in fns}
+    per_round = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
@@ -355,8 +364,21 @@ def time_interleaved(fns: dict, rounds: int, batch_s: float, settle_s: float = S
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / n * 1e6)
-    return {name: (statistics.median(s), min(s), len(s)) for name, s in samples.items()}
+            per_round[name].append((time.perf_counter() - t0) / n * 1e6)
+    if samples is not None:
+        samples.update(per_round)
+    return {name: (statistics.median(s), min(s), len(s)) for name, s in per_round.items()}
+
+
+def paired_ratio(numerator: list, denominator: list) -> float:
+    """Median over rounds of ``numerator[r] / denominator[r]`` (two peers' times of the same round).
+
+    The VM this runs on switches between a fast and a slow state (SGEMM peak 123-175 GFLOP/s between runs, and
+    within a run); two peers timed within one round (a second or two apart) mostly share the state, so the
+    median of per-round ratios is steadier than the ratio of the two medians, which may come from rounds in
+    different states.
+    """
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 # ---------------------------------------------------------------------------------------------- roofline
@@ -467,21 +489,31 @@ def main(argv=None) -> int:
         for kind in ("step", "seq"):
             fns = {**tvm_gru_peers(case, kind), **numpy_peers(case, kind), **onnxruntime_peers(case, kind, threads),
                    **torch_peers(case, kind, threads)}
-            res = time_interleaved(fns, rounds, batch_s, args.settle)
+            samples = {}
+            res = time_interleaved(fns, rounds, batch_s, args.settle, samples)
             roof = roof_us if kind == "step" else roof_seq_us
-            ort = next((v[0] for k, v in res.items() if k.startswith("onnxruntime")), None)
+            ort_name = next((k for k in res if k.startswith("onnxruntime")), None)
+            ort = res[ort_name][0] if ort_name else None
             for name, (med, best, n) in res.items():
+                ours = name.startswith("tvm_gru")
+                paired = round(paired_ratio(samples[ort_name], samples[name]), 2) if ort and ours else ""
+                stream = ""
+                if name == STREAM_PEER and SEQ_PEER in samples:  # both are calls of SEQ_LEN steps
+                    stream = round(paired_ratio(samples[name], samples[SEQ_PEER]), 2)
                 row = {"shape": case.label, "batch": case.batch, "input_dim": case.input_dim, "units": case.units,
                        "kind": kind, "peer": name, "median_us": round(med, 3), "min_us": round(best, 3),
                        "rounds": n, "threads": threads, "roofline_us": round(roof, 3),
-                       "roofline_fraction": round(roof / med, 3) if name.startswith("tvm_gru") else "",
-                       "ort_speedup": round(ort / med, 2) if ort and name.startswith("tvm_gru") else ""}
+                       "roofline_fraction": round(roof / med, 3) if ours else "",
+                       "ort_speedup": round(ort / med, 2) if ort and ours else "",
+                       "ort_speedup_paired": paired, "stream_over_sequence_paired": stream}
                 rows.append(row)
                 extra = ""
-                if name.startswith("tvm_gru"):
+                if ours:
                     extra = f"  {roof / med:5.2f} of roofline"
                     if ort and "sigmoid" not in name:
-                        extra += f", {ort / med:5.2f}x onnxruntime"
+                        extra += f", {ort / med:5.2f}x onnxruntime (paired by round {paired:.2f}x)"
+                    if stream != "":
+                        extra += f", {stream:.2f}x the whole-sequence call (paired by round)"
                 print(f"  {kind:4s} {name:42s} {med:11.2f} us (min {best:.2f}){extra}")
     load1 = os.getloadavg()
     print(f"\nload average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
@@ -510,17 +542,33 @@ def write_outputs(out_dir: Path, rows: list, peak: float, threads: int, loads) -
             lines.append(f"| {peer} | " + " | ".join(cells) + " |")
         lines.append("| roofline | " + " | ".join(
             f"{next(r['roofline_us'] for r in rows if r['kind'] == kind and r['shape'] == s):,.1f}" for s in shapes) + " |")
-        lines += ["", f"tvm_gru as a fraction of the roofline / speed-up over onnxruntime ({kind}):", "",
+        lines += ["", f"tvm_gru as a fraction of the roofline / speed-up over onnxruntime, ratio of the medians "
+                  f"(median of the per-round ratios) ({kind}):", "",
                   "| peer | " + " | ".join(shapes) + " |", "|---|" + "---:|" * len(shapes)]
         for peer in [p for p in peers if p.startswith("tvm_gru")]:
             cells = []
             for s in shapes:
                 r = next((r for r in rows if r["kind"] == kind and r["peer"] == peer and r["shape"] == s), None)
-                cells.append("" if r is None else f"{r['roofline_fraction']:.2f} / {r['ort_speedup'] or '-'}x")
+                cells.append("" if r is None else f"{r['roofline_fraction']:.2f} / {r['ort_speedup'] or '-'}x "
+                             f"({r['ort_speedup_paired'] or '-'}x)")
             lines.append(f"| {peer} | " + " | ".join(cells) + " |")
+        streams = {r["shape"]: r for r in rows if r["kind"] == kind and r["stream_over_sequence_paired"] != ""}
+        if streams:
+            seq = {r["shape"]: r["median_us"] for r in rows if r["kind"] == kind and r["peer"] == SEQ_PEER}
+            lines += ["", "Streamed frame per step over the whole-sequence call's per-step cost: ratio of the medians "
+                      "(median of the per-round ratios):", "", "| " + " | ".join(shapes) + " |",
+                      "|" + "---:|" * len(shapes),
+                      "| " + " | ".join(_stream_cell(streams.get(s), seq.get(s)) for s in shapes) + " |"]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     plot(out_dir / "latency.png", rows, shapes)
     print(f"wrote {out_dir / 'results.csv'}, {out_dir / 'results.md'}, {out_dir / 'latency.png'}")
+
+
+def _stream_cell(stream_row, seq_median) -> str:
+    """"ratio of medians (paired ratio)" of a streaming row over the whole-sequence call, or "" if either is missing."""
+    if stream_row is None or not seq_median:
+        return ""
+    return f"{stream_row['median_us'] / seq_median:.2f} ({stream_row['stream_over_sequence_paired']:.2f})"
 
 
 def plot(path: Path, rows: list, shapes: list) -> None:

@@ -44,3 +44,14 @@ def test_time_interleaved_reports_every_peer():
     for median, best, n in res.values():
         assert n == 3 and 0 < best <= median
     assert res["a"][0] > res["b"][0]  # summing 100 numbers costs more than nothing
+
+
+def test_time_interleaved_keeps_the_rounds_for_paired_ratios():
+    samples = {}
+    res = bench.time_interleaved({"a": lambda: sum(range(1000)), "b": lambda: None}, rounds=3, batch_s=0.002,
+                                 samples=samples)
+    assert [len(samples[k]) for k in ("a", "b")] == [3, 3]
+    assert res["a"][0] == sorted(samples["a"])[1]  # the median is taken over the same per-round times
+    # Per-round ratios, then their median: the round where both peers were slow does not skew it.
+    assert bench.paired_ratio([2.0, 40.0, 6.0], [1.0, 20.0, 2.0]) == 2.0
+    assert bench.paired_ratio(samples["a"], samples["b"]) > 1.0
