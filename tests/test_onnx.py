@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -219,3 +222,90 @@ def test_torch_exported_gru(tmp_path):
     Y, Y_h = run_onnx(layer, x.numpy())
     np.testing.assert_allclose(Y[:, 0], expected.detach().numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(Y_h, h_n.detach().numpy(), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ torch goldens
+# Models written by torch.onnx.export (TorchScript exporter, opset 14) from torch.nn.GRU, with torch's outputs,
+# committed by tests/goldens/make_torch_onnx.py: the torch exporter's graphs are covered where torch is absent.
+TORCH_DIR = Path(__file__).parent / "goldens" / "torch_onnx"
+TORCH_CASES = ["plain", "h0", "bidirectional", "no_bias", "two_layers", "batch_first"]
+TORCH_ATOL = 1e-5
+
+
+def _torch_goldens(name):
+    """(metadata, arrays, onnx path) of one case from tests/goldens/torch_onnx."""
+    meta = json.loads((TORCH_DIR / "cases.json").read_text())
+    assert sorted(meta["cases"]) == sorted(TORCH_CASES)  # a case added to the generator must be tested here
+    with np.load(TORCH_DIR / "cases.npz") as data:
+        arrays = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(name + "/")}
+    return meta["cases"][name], arrays, TORCH_DIR / f"{name}.onnx"
+
+
+def _one_direction(model, d):
+    """Direction ``d`` (0 forward, 1 reverse) of the model's bidirectional GRU node as a one-node model.
+
+    from_onnx refuses ``direction="bidirectional"`` and says to split the node; this is that split: ONNX stacks
+    the directions on axis 0 of W, R, B and initial_h.
+    """
+    (node,) = [n for n in model.graph.node if n.op_type == "GRU"]
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    W, R, B = (consts[node.input[i]][d:d + 1] for i in (1, 2, 3))
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs["direction"] = "reverse" if d else "forward"
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"))]
+    one = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], name=f"{node.name}_{attrs['direction']}",
+                           **attrs)
+    graph = helper.make_graph([one], "split", [model.graph.input[0]],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h")],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=model.opset_import)
+
+
+@pytest.mark.parametrize("name", TORCH_CASES)
+def test_torch_exported_goldens(name):
+    meta, g, path = _torch_goldens(name)
+    kwargs = meta["kwargs"]
+    x, h0, Y_ref, Y_h_ref = g["x"], g.get("h0"), g["Y"], g["Y_h"]
+    model = onnx.load(str(path))
+
+    # The golden itself: onnxruntime runs the whole exported graph and agrees with torch's stored outputs.
+    feeds = {"X": x} if h0 is None else {"X": x, "h0": h0}
+    Y_ort, Y_h_ort = _session(model).run(["Y", "Y_h"], feeds)
+    np.testing.assert_allclose(Y_ort, Y_ref, rtol=0, atol=TORCH_ATOL)
+    np.testing.assert_allclose(Y_h_ort, Y_h_ref, rtol=0, atol=TORCH_ATOL)
+
+    # torch's exporter writes linear_before_reset=1 and the default (Sigmoid, Tanh): reset_after, not the v1
+    # default hard_sigmoid; a time-major node (layout 0) even for batch_first, which Transposes around it.
+    def check_mapping(layer, go_backwards=False):
+        cfg = layer.cell.config
+        assert cfg.reset_after is True and cfg.recurrent_activation == "sigmoid" and cfg.activation == "tanh"
+        assert cfg.use_bias is kwargs.get("bias", True)
+        assert layer.time_major is True and layer.go_backwards is go_backwards and layer.units == Y_h_ref.shape[-1]
+
+    if kwargs.get("bidirectional"):
+        with pytest.raises(ValueError, match="bidirectional"):
+            from_onnx(path)
+        H = Y_h_ref.shape[-1]
+        for d in (0, 1):  # Y (T, B, 2H): forward in [:H], reverse in [H:]; Y_h (2, B, H)
+            layer = from_onnx(_one_direction(model, d))
+            check_mapping(layer, go_backwards=bool(d))
+            Y, Y_h = run_onnx(layer, x)
+            np.testing.assert_allclose(Y[:, 0], Y_ref[..., d * H:(d + 1) * H], rtol=0, atol=TORCH_ATOL)
+            np.testing.assert_allclose(Y_h[0], Y_h_ref[d], rtol=0, atol=TORCH_ATOL)
+        return
+
+    # Stacked layers are one GRU node each (picked with node=): layer l reads layer l-1's Y with the direction
+    # axis squeezed (the exporter's Squeeze), starts from h0[l] (its Slice), and Y_h concatenates the layers.
+    seq = x.transpose(1, 0, 2) if kwargs.get("batch_first") else x  # the exporter's Transpose in front of X
+    states = []
+    for index in range(kwargs.get("num_layers", 1)):
+        layer = from_onnx(path, node=index)
+        check_mapping(layer)
+        assert layer.onnx_inputs["initial_h"] is None  # computed (Expand of zeros / graph input h0), not constant
+        Y, Y_h = run_onnx(layer, seq, initial_h=None if h0 is None else h0[index:index + 1])
+        seq = Y[:, 0]
+        states.append(Y_h)
+    if kwargs.get("batch_first"):
+        seq = seq.transpose(1, 0, 2)  # the exporter's Transpose after the Squeeze
+    np.testing.assert_allclose(seq, Y_ref, rtol=0, atol=TORCH_ATOL)
+    np.testing.assert_allclose(np.concatenate(states), Y_h_ref, rtol=0, atol=TORCH_ATOL)
