@@ -11,6 +11,7 @@ import pytest
 from conftest import tolerance
 from onnx import TensorProto, helper, numpy_helper
 
+from tvm_gru.bidirectional import Bidirectional
 from tvm_gru.cell import GRUCell
 from tvm_gru.layer import GRU
 from tvm_gru.onnx_io import cell_to_onnx, from_onnx, lengths_to_mask, run_onnx
@@ -166,7 +167,7 @@ def test_import_without_bias_and_batch_major_layout():
     (dict(activations=["HardSigmoid", "Tanh"], activation_alpha=[0.3], activation_beta=[0.5]), "activation_alpha"),
     (dict(activations=["Affine", "Tanh"], activation_alpha=[2.0], activation_beta=[0.0]), "Affine"),
     (dict(clip=3.0), "clip"),
-    (dict(direction="bidirectional"), "bidirectional"),
+    (dict(direction="bidirectional", activations=["Sigmoid", "Tanh"]), "bidirectional GRU needs exactly 4"),
     (dict(activations=["Sigmoid", "Gelu"]), "activations"),
 ], ids=["hardsigmoid_alpha", "affine_alpha", "clip", "bidirectional", "unknown"])
 def test_import_refuses_what_keras_cannot_express(attrs, match):
@@ -244,7 +245,7 @@ def _torch_goldens(name):
 def _one_direction(model, d):
     """Direction ``d`` (0 forward, 1 reverse) of the model's bidirectional GRU node as a one-node model.
 
-    from_onnx refuses ``direction="bidirectional"`` and says to split the node; this is that split: ONNX stacks
+    from_onnx imports the node whole as a Bidirectional; this split checks the directions one by one: ONNX stacks
     the directions on axis 0 of W, R, B and initial_h.
     """
     (node,) = [n for n in model.graph.node if n.op_type == "GRU"]
@@ -282,11 +283,16 @@ def test_torch_exported_goldens(name):
         assert cfg.use_bias is kwargs.get("bias", True)
         assert layer.time_major is True and layer.go_backwards is go_backwards and layer.units == Y_h_ref.shape[-1]
 
-    if kwargs.get("bidirectional"):
-        with pytest.raises(ValueError, match="bidirectional"):
-            from_onnx(path)
-        H = Y_h_ref.shape[-1]
-        for d in (0, 1):  # Y (T, B, 2H): forward in [:H], reverse in [H:]; Y_h (2, B, H)
+    if kwargs.get("bidirectional"):  # one node -> Bidirectional(merge_mode=None)
+        wrapper = from_onnx(path)
+        assert isinstance(wrapper, Bidirectional) and wrapper.merge_mode is None
+        check_mapping(wrapper.forward_layer)
+        check_mapping(wrapper.backward_layer, go_backwards=True)
+        Y, Y_h = run_onnx(wrapper, x)  # Y (T, 2, B, H); torch's output (T, B, 2H) is the exporter's reshape of it
+        T, _, batch, H = Y.shape
+        np.testing.assert_allclose(Y.transpose(0, 2, 1, 3).reshape(T, batch, 2 * H), Y_ref, rtol=0, atol=TORCH_ATOL)
+        np.testing.assert_allclose(Y_h, Y_h_ref, rtol=0, atol=TORCH_ATOL)
+        for d in (0, 1):  # each direction alone, split by hand, gives its half
             layer = from_onnx(_one_direction(model, d))
             check_mapping(layer, go_backwards=bool(d))
             Y, Y_h = run_onnx(layer, x)
@@ -309,3 +315,81 @@ def test_torch_exported_goldens(name):
         seq = seq.transpose(1, 0, 2)  # the exporter's Transpose after the Squeeze
     np.testing.assert_allclose(seq, Y_ref, rtol=0, atol=TORCH_ATOL)
     np.testing.assert_allclose(np.concatenate(states), Y_h_ref, rtol=0, atol=TORCH_ATOL)
+
+
+def _random_bidirectional(units, input_dim, seed=0, backward_kwargs=None, **kwargs):
+    """A time-major Bidirectional(merge_mode=None) returning sequences and states, random weights."""
+    layer = GRU(units, return_sequences=True, return_state=True, time_major=True, **kwargs)
+    backward = None
+    if backward_kwargs is not None:
+        backward = GRU(units, return_sequences=True, return_state=True, time_major=True, go_backwards=True,
+                       **backward_kwargs)
+    wrapper = Bidirectional(layer, merge_mode=None, backward_layer=backward)
+    rng = np.random.default_rng(seed)
+    weights = []
+    for direction in (wrapper.forward_layer, wrapper.backward_layer):
+        cfg = direction.cell.config
+        weights += [rng.uniform(-0.5, 0.5, (input_dim, 3 * units)), rng.uniform(-0.5, 0.5, (units, 3 * units))]
+        if cfg.use_bias:
+            weights.append(rng.uniform(-0.5, 0.5, cfg.bias_shape))
+    wrapper.set_weights([w.astype("float32") for w in weights])
+    return wrapper
+
+
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_bidirectional_export_runs_in_onnxruntime(reset_after):
+    # Different activations per direction (4 in the node), one direction without bias (zeros in B).
+    f = "sigmoid" if reset_after else "hard_sigmoid"
+    wrapper = _random_bidirectional(5, 4, reset_after=reset_after, recurrent_activation=f,
+                                    backward_kwargs=dict(reset_after=reset_after, recurrent_activation="sigmoid",
+                                                         activation="softsign", use_bias=False))
+    model = wrapper.to_onnx(opset=14)
+    onnx.checker.check_model(model, full_check=True)
+    (node,) = model.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["direction"] == b"bidirectional" and len(attrs["activations"]) == 4
+    assert attrs["activations"][2:] == [b"Sigmoid", b"Softsign"]
+    x = np.random.default_rng(1).uniform(-1.5, 1.5, (6, 3, 4)).astype("float32")
+    Y, Y_h = _session(model).run(None, {"X": x})
+    assert Y.shape == (6, 2, 3, 5) and Y_h.shape == (2, 3, 5)
+    y, y_rev, h_fw, h_bw = wrapper(x)
+    np.testing.assert_allclose(Y[:, 0], y, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(Y[:, 1], y_rev, rtol=0, atol=ATOL)  # input time order, as the wrapper returns it
+    np.testing.assert_allclose(Y_h, np.stack([h_fw, h_bw]), rtol=0, atol=ATOL)
+    # and back: the imported wrapper reproduces onnxruntime
+    imported = from_onnx(model)
+    assert isinstance(imported, Bidirectional)
+    assert imported.backward_layer.cell.config.activation == "softsign"
+    assert imported.backward_layer.cell.config.use_bias is True  # the node's B row of zeros
+    Y2, Y_h2 = run_onnx(imported, x)
+    np.testing.assert_allclose(Y2, Y, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(Y_h2, Y_h, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_import_foreign_bidirectional_node_with_lengths_and_initial_h(lbr):
+    W, R, B = (np.concatenate([a, b]) for a, b in zip(_weights(seed=3), _weights(seed=9)))
+    h0 = np.random.default_rng(4).uniform(-1, 1, (2, 3, 4)).astype("float32")
+    model = _gru_model(W, R, B, initial_h=h0, lens_input=True, linear_before_reset=lbr, direction="bidirectional")
+    x = np.random.default_rng(5).uniform(-1, 1, (5, 3, 3)).astype("float32")
+    lens = np.array([5, 2, 0], np.int32)
+    Y, Y_h = _session(model).run(None, {"X": x, "sequence_lens": lens})
+    wrapper = from_onnx(model)
+    assert wrapper.forward_layer.go_backwards is False and wrapper.backward_layer.go_backwards is True
+    Y2, Y_h2 = run_onnx(wrapper, x, sequence_lens=lens)  # initial_h: the node's constant, one per direction
+    np.testing.assert_allclose(Y2, Y, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(Y_h2, Y_h, rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(Y2[2:, :, 1], 0.0)  # past the length: zeros in both directions, as ONNX
+
+
+def test_bidirectional_export_refuses_what_one_node_cannot_hold():
+    backwards_first = _random_bidirectional(3, 2, go_backwards=True)
+    with pytest.raises(ValueError, match="go_backwards=True"):
+        backwards_first.to_onnx()
+    mixed = Bidirectional(GRU(3, return_sequences=True), backward_layer=GRU(3, return_sequences=True,
+                                                                             go_backwards=True, reset_after=True))
+    mixed.build((2, 4, 2))
+    with pytest.raises(ValueError, match="reset_after"):
+        mixed.to_onnx()
+    with pytest.raises(ValueError, match="built"):
+        Bidirectional(GRU(3)).to_onnx()

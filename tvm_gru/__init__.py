@@ -18,6 +18,7 @@ if "TVM_NUM_THREADS" not in _os.environ:
         _os.environ["TVM_NUM_THREADS"] = str(_os.cpu_count() or 1)
 
 from .api import irmodule, packed_weights, primfunc  # noqa: E402
+from .bidirectional import Bidirectional  # noqa: E402
 from .cell import GRUCell  # noqa: E402
 from .config import GRUConfig, StepSpec  # noqa: E402
 from .export import export_cell, export_layer  # noqa: E402
@@ -27,5 +28,6 @@ from .runtime.artifact import ArtifactError, DeployedCell, load  # noqa: E402
 from .runtime.deployed_layer import DeployedGRU  # noqa: E402
 from .tune import tune  # noqa: E402  (MetaSchedule itself is imported only when tuning starts)
 
-__all__ = ["GRUCell", "GRU", "from_onnx", "tune", "GRUConfig", "StepSpec", "__version__", "load", "DeployedCell", "DeployedGRU",
-           "ArtifactError", "export_cell", "export_layer", "primfunc", "irmodule", "packed_weights"]
+__all__ = ["GRUCell", "GRU", "Bidirectional", "from_onnx", "tune", "GRUConfig", "StepSpec", "__version__", "load",
+           "DeployedCell", "DeployedGRU", "ArtifactError", "export_cell", "export_layer", "primfunc", "irmodule",
+           "packed_weights"]

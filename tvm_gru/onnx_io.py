@@ -23,7 +23,7 @@ import numpy as np
 
 from . import activations
 
-__all__ = ["from_onnx", "layer_to_onnx", "cell_to_onnx", "run_onnx", "lengths_to_mask"]
+__all__ = ["from_onnx", "layer_to_onnx", "bidirectional_to_onnx", "cell_to_onnx", "run_onnx", "lengths_to_mask"]
 
 # ONNX activation (lower-cased) -> (takes alpha, takes beta, default alpha, default beta), as onnxruntime reads
 # the activation_alpha / activation_beta lists: consumed in order by the activations that take them.
@@ -152,12 +152,14 @@ def _decode(v):
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _activation_pair(attrs) -> tuple:
-    """(recurrent_activation, activation) in Keras names from the node's activations/alpha/beta."""
-    names = [_decode(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh"])]
-    if len(names) != 2:
-        raise ValueError(f"attribute 'activations'={names}: a forward or reverse GRU needs exactly 2 "
-                         f"(f for z and r, g for the candidate)")
+def _activation_pairs(attrs, directions: int) -> list:
+    """[(recurrent_activation, activation)] in Keras names, one pair per direction, from the node's
+    activations/alpha/beta (the alpha and beta lists are consumed in order by the activations that take them)."""
+    default = [b"Sigmoid", b"Tanh"] * directions
+    names = [_decode(a) for a in attrs.get("activations", default)]
+    if len(names) != 2 * directions:
+        raise ValueError(f"attribute 'activations'={names}: a {'bidirectional' if directions == 2 else 'one-way'} "
+                         f"GRU needs exactly {2 * directions} (f for z and r, g for the candidate, per direction)")
     alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
     out = []
     for name in names:
@@ -175,11 +177,12 @@ def _activation_pair(attrs) -> tuple:
                              f"(supported with parameters: HardSigmoid(0.2, 0.5), Affine(1, 0), Elu(1), "
                              f"LeakyRelu(0.2), ScaledTanh(1, 1), ThresholdedRelu(0))")
         out.append(keras)
-    return out[0], out[1]
+    return [(out[2 * d], out[2 * d + 1]) for d in range(directions)]
 
 
 def from_onnx(model_or_path, node=None, target=None):
-    """Build a :class:`tvm_gru.GRU` from an ONNX ``GRU`` node.
+    """Build a :class:`tvm_gru.GRU` (or, for a bidirectional node, a :class:`tvm_gru.Bidirectional`) from an
+    ONNX ``GRU`` node.
 
     Parameters
     ----------
@@ -191,18 +194,20 @@ def from_onnx(model_or_path, node=None, target=None):
 
     Returns
     -------
-    GRU
+    GRU or Bidirectional
         ``return_sequences=True, return_state=True, zero_output_for_mask=True``; ``time_major`` for
-        ``layout=0``; ``go_backwards`` for ``direction="reverse"``. Constant ``initial_h`` and
-        ``sequence_lens`` inputs are kept in ``layer.onnx_inputs`` and used by :func:`run_onnx`.
+        ``layout=0``; ``go_backwards`` for ``direction="reverse"``. ``direction="bidirectional"`` gives a
+        ``Bidirectional(merge_mode=None)`` whose backward layer is the node's reverse direction. Constant
+        ``initial_h`` and ``sequence_lens`` inputs are kept in ``layer.onnx_inputs`` and used by
+        :func:`run_onnx`.
 
     Raises
     ------
     ValueError
-        Naming the attribute or input that tvm_gru cannot represent (``clip``, bidirectional ``direction``,
-        activations with other parameters, non-constant weights).
+        Naming the attribute or input that tvm_gru cannot represent (``clip``, activations with other
+        parameters, non-constant weights).
     """
-    from .layer import GRU  # noqa: PLC0415
+    from .bidirectional import Bidirectional  # noqa: PLC0415
 
     model = _load(model_or_path)
     gru = _pick_node(model.graph, node)
@@ -211,15 +216,14 @@ def from_onnx(model_or_path, node=None, target=None):
     if "clip" in attrs:
         raise ValueError(f"{where}: attribute 'clip'={attrs['clip']} is not supported (Keras GRU has no cell clip)")
     direction = _decode(attrs.get("direction", "forward"))
-    if direction == "bidirectional":
-        raise ValueError(f"{where}: attribute 'direction'='bidirectional' is not supported: tvm_gru.GRU runs one "
-                         f"direction; split the node into a forward and a reverse GRU")
-    if direction not in ("forward", "reverse"):
-        raise ValueError(f"{where}: attribute 'direction'={direction!r}; expected 'forward' or 'reverse'")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(f"{where}: attribute 'direction'={direction!r}; expected 'forward', 'reverse' or "
+                         f"'bidirectional'")
+    dirs = 2 if direction == "bidirectional" else 1
     layout = int(attrs.get("layout", 0))
     if layout not in (0, 1):
         raise ValueError(f"{where}: attribute 'layout'={layout}; expected 0 or 1")
-    recurrent_activation, activation = _activation_pair(attrs)
+    pairs = _activation_pairs(attrs, dirs)
 
     consts = _constants(model.graph)
     inputs = list(gru.input) + [""] * (6 - len(gru.input))
@@ -237,32 +241,51 @@ def from_onnx(model_or_path, node=None, target=None):
         return consts[name]
 
     W, R, B = const(1, "W", True), const(2, "R", True), const(3, "B")
-    if W.ndim != 3 or W.shape[0] != 1:
-        raise ValueError(f"{where}: input 'W' has shape {W.shape}; expected (1, 3*hidden_size, input_size)")
+    if W.ndim != 3 or W.shape[0] != dirs:
+        raise ValueError(f"{where}: input 'W' has shape {W.shape}; expected ({dirs}, 3*hidden_size, input_size) "
+                         f"for direction={direction!r}")
     units = W.shape[1] // 3
     hidden = int(attrs.get("hidden_size", units))
     if hidden <= 0:
         raise ValueError(f"{where}: attribute 'hidden_size'={hidden} (W {W.shape}); expected a positive hidden size")
-    if W.shape[1] != 3 * hidden or R.shape != (1, 3 * hidden, hidden):
+    if W.shape[1] != 3 * hidden or R.shape != (dirs, 3 * hidden, hidden):
         raise ValueError(f"{where}: W {W.shape} / R {R.shape} do not match hidden_size={hidden}")
+    if B is not None and B.shape != (dirs, 6 * hidden):
+        raise ValueError(f"{where}: input 'B' has shape {B.shape}; expected ({dirs}, {6 * hidden})")
     dtype = np.dtype(W.dtype).name
     if dtype not in ("float32", "float64"):
         raise ValueError(f"{where}: weights of dtype {dtype} are not supported (float32 or float64)")
     reset_after = bool(int(attrs.get("linear_before_reset", 0)))
-    weights = [W[0].T, R[0].T]
+    layers = [_direction_layer(pairs[d], W[d], R[d], None if B is None else B[d], reset_after,
+                               go_backwards=direction == "reverse" or d == 1, time_major=layout == 0, dtype=dtype,
+                               target=target, name=gru.name or None)
+              for d in range(dirs)]
+    onnx_inputs = {"sequence_lens": const(4, "sequence_lens"), "initial_h": const(5, "initial_h")}
+    if dirs == 1:
+        layers[0].onnx_inputs = onnx_inputs
+        return layers[0]
+    wrapper = Bidirectional(layers[0], merge_mode=None, backward_layer=layers[1], name=gru.name or None)
+    wrapper.set_weights(layers[0].get_weights() + layers[1].get_weights())  # Keras rebuilds the forward copy
+    wrapper.onnx_inputs = onnx_inputs
+    return wrapper
+
+
+def _direction_layer(activation_pair, W, R, B, reset_after, **kwargs):
+    """One direction's GRU layer from its slices W (3H, I), R (3H, H) and B (6H,) or None."""
+    from .layer import GRU  # noqa: PLC0415
+
+    hidden, dtype = R.shape[1], kwargs["dtype"]
+    weights = [W.T, R.T]
     if B is not None:
-        if B.shape != (1, 6 * hidden):
-            raise ValueError(f"{where}: input 'B' has shape {B.shape}; expected (1, {6 * hidden})")
-        wb, rb = B[0, :3 * hidden], B[0, 3 * hidden:]
+        wb, rb = B[:3 * hidden], B[3 * hidden:]
         # reset_after: the recurrent candidate bias is multiplied by r, Keras keeps it in row 1. Otherwise every
         # recurrent bias term adds straight to the input one.
         weights.append(np.stack([wb, rb]) if reset_after else wb + rb)
+    recurrent_activation, activation = activation_pair
     layer = GRU(hidden, activation=activation, recurrent_activation=recurrent_activation, use_bias=B is not None,
-                reset_after=reset_after, return_sequences=True, return_state=True,
-                go_backwards=direction == "reverse", time_major=layout == 0, zero_output_for_mask=True,
-                dtype=dtype, target=target, name=gru.name or None)
+                reset_after=reset_after, return_sequences=True, return_state=True, zero_output_for_mask=True,
+                **kwargs)
     layer.set_weights([np.asarray(w, dtype) for w in weights])
-    layer.onnx_inputs = {"sequence_lens": const(4, "sequence_lens"), "initial_h": const(5, "initial_h")}
     return layer
 
 
@@ -277,67 +300,78 @@ def run_onnx(layer, X, sequence_lens=None, initial_h=None):
     """Run ``layer`` (from :func:`from_onnx`) on ONNX-shaped inputs; returns ``(Y, Y_h)`` as onnxruntime does.
 
     ``X`` is (T, B, I) for layout 0 (a time-major layer), (B, T, I) for layout 1. ``sequence_lens`` (B,)
-    and ``initial_h`` (1, B, H) default to the node's constant inputs, if it had any. Steps past a sequence's
-    length output zeros; a sequence of length 0 gets a zero ``Y_h`` (onnxruntime's choice; the layer itself
-    keeps the initial state, as Keras does).
+    and ``initial_h`` (D, B, H) (D = 2 for a bidirectional layer, else 1) default to the node's constant
+    inputs, if it had any. Y is (T, D, B, H) (layout 1: (B, T, D, H)), Y_h (D, B, H) (layout 1: (B, D, H)).
+    Steps past a sequence's length output zeros; a sequence of length 0 gets a zero ``Y_h`` (onnxruntime's
+    choice; the layer itself keeps the initial state, as Keras does).
     """
+    from .bidirectional import Bidirectional  # noqa: PLC0415
+
     known = getattr(layer, "onnx_inputs", {})
     lens = sequence_lens if sequence_lens is not None else known.get("sequence_lens")
     h = initial_h if initial_h is not None else known.get("initial_h")
     X = np.asarray(X)
     steps = X.shape[0] if layer.time_major else X.shape[1]
     mask = None if lens is None else lengths_to_mask(lens, steps, layer.time_major)
-    h0 = None if h is None else np.asarray(h)[0]
-    out, state = layer(X, mask=mask, initial_state=h0)
-    axis = 0 if layer.time_major else 1
-    if layer.go_backwards:  # Keras returns processing order, ONNX input order
-        out = np.flip(out, axis=axis)
+    if isinstance(layer, Bidirectional):  # [y, y_rev (input time order), h_forward, h_backward]
+        y, y_rev, *states = layer(X, mask=mask, initial_state=None if h is None else list(np.asarray(h)))
+        outs = [y, y_rev]
+    else:
+        out, state = layer(X, mask=mask, initial_state=None if h is None else np.asarray(h)[0])
+        if layer.go_backwards:  # Keras returns processing order, ONNX input order
+            out = np.flip(out, axis=0 if layer.time_major else 1)
+        outs, states = [out], [state]
     if lens is not None:  # onnxruntime gives an empty sequence a zero Y_h; Keras keeps its initial state
-        state = np.where((np.asarray(lens).reshape(-1) == 0)[:, None], np.zeros((), state.dtype), state)
-    Y = np.expand_dims(out, 1 if layer.time_major else 2)
-    Y_h = state[None] if layer.time_major else state[:, None]
+        empty = (np.asarray(lens).reshape(-1) == 0)[:, None]
+        states = [np.where(empty, np.zeros((), s.dtype), s) for s in states]
+    Y = np.stack(outs, axis=1 if layer.time_major else 2)
+    Y_h = np.stack(states, axis=0 if layer.time_major else 1)
     return np.ascontiguousarray(Y), np.ascontiguousarray(Y_h)
 
 
 # ------------------------------------------------------------------------------------------------ export
-def _gru_model(config, weights, *, opset, reverse, batch, input_dim, step_input=False, graph_name="tvm_gru"):
+def _gru_model(directions, *, opset, direction, batch, input_dim, step_input=False, graph_name="tvm_gru"):
+    """One GRU node for ``directions`` = [(config, Keras weights)] (two for ``direction="bidirectional"``)."""
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     if not isinstance(opset, int) or isinstance(opset, bool) or opset < 7:
         raise ValueError(f"`opset` must be an int >= 7 (GRU-7); received {opset!r}")
-    units, dt = config.units, config.dtype
-    f_op = _onnx_activation(config.recurrent_activation, "recurrent_activation")
-    g_op = _onnx_activation(config.activation, "activation")
-    kernel, recurrent_kernel = weights[0], weights[1]
-    bias = weights[2] if config.use_bias else None
-    inits = [numpy_helper.from_array(np.ascontiguousarray(kernel.T[None], dt), "W"),
-             numpy_helper.from_array(np.ascontiguousarray(recurrent_kernel.T[None], dt), "R")]
-    if bias is not None:
-        b = np.reshape(bias, (1, 6 * units)) if config.reset_after else np.r_[bias, np.zeros(3 * units, dt)][None]
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(b, dt), "B"))
-    attrs = dict(hidden_size=units, activations=[f_op[0], g_op[0]],
-                 linear_before_reset=int(config.reset_after))
-    alphas = [a for a in (f_op[1], g_op[1]) if a is not None]
-    betas = [b for b in (f_op[2], g_op[2]) if b is not None]
+    config = directions[0][0]
+    units, dt, use_bias = config.units, config.dtype, any(c.use_bias for c, _ in directions)
+    W, R, B, ops = [], [], [], []
+    for cfg, weights in directions:
+        ops += [_onnx_activation(cfg.recurrent_activation, "recurrent_activation"),
+                _onnx_activation(cfg.activation, "activation")]
+        W.append(np.asarray(weights[0]).T)
+        R.append(np.asarray(weights[1]).T)
+        bias = weights[2] if cfg.use_bias else np.zeros((2, 3 * units) if cfg.reset_after else 3 * units, dt)
+        B.append(np.reshape(bias, 6 * units) if cfg.reset_after else np.r_[bias, np.zeros(3 * units, dt)])
+    inits = [numpy_helper.from_array(np.ascontiguousarray(np.stack(W), dt), "W"),
+             numpy_helper.from_array(np.ascontiguousarray(np.stack(R), dt), "R")]
+    if use_bias:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(np.stack(B), dt), "B"))
+    attrs = dict(hidden_size=units, activations=[op[0] for op in ops], linear_before_reset=int(config.reset_after))
+    alphas = [op[1] for op in ops if op[1] is not None]
+    betas = [op[2] for op in ops if op[2] is not None]
     if alphas:
         attrs["activation_alpha"] = [float(a) for a in alphas]
     if betas:
         attrs["activation_beta"] = [float(b) for b in betas]
-    if reverse:
-        attrs["direction"] = "reverse"
+    if direction != "forward":
+        attrs["direction"] = direction
     elem = TensorProto.FLOAT if dt == "float32" else TensorProto.DOUBLE
     batch_dim = batch if batch is not None else "batch"
-    steps = 1 if step_input else "sequence"
+    steps, dirs = (1 if step_input else "sequence"), len(directions)
     graph_inputs = [helper.make_tensor_value_info("X", elem, [steps, batch_dim, input_dim])]
-    node_inputs = ["X", "W", "R", "B" if bias is not None else ""]
+    node_inputs = ["X", "W", "R", "B" if use_bias else ""]
     if step_input:
         graph_inputs.append(helper.make_tensor_value_info("initial_h", elem, [1, batch_dim, units]))
         node_inputs += ["", "initial_h"]
-    outputs = [helper.make_tensor_value_info("Y_h", elem, [1, batch_dim, units])]
+    outputs = [helper.make_tensor_value_info("Y_h", elem, [dirs, batch_dim, units])]
     node_outputs = ["", "Y_h"]
     if not step_input:
-        outputs.insert(0, helper.make_tensor_value_info("Y", elem, [steps, 1, batch_dim, units]))
+        outputs.insert(0, helper.make_tensor_value_info("Y", elem, [steps, dirs, batch_dim, units]))
         node_outputs[0] = "Y"
     node = helper.make_node("GRU", node_inputs, node_outputs, name="gru", **attrs)
     graph = helper.make_graph([node], graph_name, graph_inputs, outputs, initializer=inits)
@@ -364,8 +398,38 @@ def layer_to_onnx(layer, path=None, opset: int = 14, batch=None):
     """
     if not layer.built:
         raise ValueError("`to_onnx` needs a built layer: call build(input_shape), set_weights or the layer first")
-    model = _gru_model(layer.cell.config, layer.get_weights(), opset=opset, reverse=layer.go_backwards,
-                       batch=batch, input_dim=layer.input_dim, graph_name=layer.name)
+    model = _gru_model([(layer.cell.config, layer.get_weights())], opset=opset,
+                       direction="reverse" if layer.go_backwards else "forward", batch=batch,
+                       input_dim=layer.input_dim, graph_name=layer.name)
+    return _save(model, path)
+
+
+def bidirectional_to_onnx(wrapper, path=None, opset: int = 14, batch=None):
+    """Write a :class:`tvm_gru.Bidirectional` as one GRU node with ``direction="bidirectional"``.
+
+    Inputs and outputs as :func:`layer_to_onnx` with two directions: ``Y`` (sequence, 2, batch, units), ``Y_h``
+    (2, batch, units); direction 0 is the forward layer, 1 the backward one. The node holds the two layers, not
+    the wrapper's merge (apply it to ``Y``: concatenate, sum, average or multiply ``Y[:, 0]`` and ``Y[:, 1]``).
+
+    Raises
+    ------
+    ValueError
+        An unbuilt wrapper; a forward layer that runs backwards (ONNX's direction 0 runs forwards); two
+        directions that differ in ``units``, ``reset_after`` (one ``linear_before_reset`` per node) or dtype.
+    """
+    fw, bw = wrapper.forward_layer, wrapper.backward_layer
+    if not wrapper.built:
+        raise ValueError("`to_onnx` needs a built layer: call build(input_shape), set_weights or the layer first")
+    if fw.go_backwards:
+        raise ValueError("`to_onnx`: the forward layer has go_backwards=True; an ONNX bidirectional GRU runs "
+                         "direction 0 forwards (wrap a layer with go_backwards=False)")
+    for key in ("units", "reset_after", "dtype"):
+        a, b = getattr(fw.cell.config, key), getattr(bw.cell.config, key)
+        if a != b:
+            raise ValueError(f"`to_onnx`: the two directions differ in `{key}` ({a} forward, {b} backward); one "
+                             f"ONNX GRU node has one")
+    model = _gru_model([(fw.cell.config, fw.get_weights()), (bw.cell.config, bw.get_weights())], opset=opset,
+                       direction="bidirectional", batch=batch, input_dim=fw.input_dim, graph_name=wrapper.name)
     return _save(model, path)
 
 
@@ -377,6 +441,6 @@ def cell_to_onnx(cell, path=None, opset: int = 14, batch=None):
     """
     if not cell.built:
         raise ValueError("`to_onnx` needs a built cell: call build(input_shape), set_weights or the cell first")
-    model = _gru_model(cell.config, cell.get_weights(), opset=opset, reverse=False, batch=batch,
+    model = _gru_model([(cell.config, cell.get_weights())], opset=opset, direction="forward", batch=batch,
                        input_dim=cell.input_dim, step_input=True, graph_name=cell.name)
     return _save(model, path)

@@ -47,7 +47,7 @@ CASES = {
     "plain": ({}, False, "unidirectional, no initial state: the exporter feeds initial_h from an Expand of zeros"),
     "h0": ({}, True, "initial state h0 as a second graph input, wired straight into the node's initial_h"),
     "bidirectional": ({"bidirectional": True}, False,
-                      "one GRU node with direction='bidirectional' (from_onnx refuses it; the test splits it)"),
+                      "one GRU node with direction='bidirectional' (from_onnx imports it as a Bidirectional wrapper)"),
     "no_bias": ({"bias": False}, False, "bias=False: the node has no B input"),
     "two_layers": ({"num_layers": 2}, True,
                    "two GRU nodes; layer 2 reads layer 1's squeezed Y; Y_h = Concat of both; h0 sliced per layer"),
