@@ -28,7 +28,7 @@ from tvm import s_tir, tirx
 
 from tvm_gru.config import StepSpec
 
-__all__ = ["CPUStepConfig", "CPUStepRule", "get_extent"]
+__all__ = ["CPUStepConfig", "CPUStepRule", "check_one_region", "get_extent"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class CPUStepConfig:
         Split the outer unit tiles across the runtime's threads.
     one_region : bool
         With ``parallel`` and reset_after=False: run both phases in one parallel launch separated by a
-        barrier, instead of two launches.
+        barrier, instead of two launches. Each phase must then have at least two unit tiles (see
+        :func:`check_one_region`).
     batch_inner : bool
         Run each product over all batch tiles of a unit tile before the epilogue (batch > BT): the unit
         tile's weight panel is then read from L1 by every batch tile, at the cost of spilling the
@@ -70,6 +71,24 @@ class CPUStepConfig:
 
 def get_extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
+
+
+def check_one_region(spec: StepSpec, cfg: CPUStepConfig) -> None:
+    """Refuse one parallel region (reset_after=False) with a phase of a single unit tile.
+
+    Inside a parallel launch TVM drops a parallel loop of extent 1 and every task runs its body: both threads
+    then computed that phase at once, into the same scratch buffers and the same output. Measured before this
+    check (1x40x64, a single candidate tile): 78 to 237 wrong outputs in ~700,000 calls, always in the units of
+    the slower thread, which the other one's zeroing of the shared accumulators had overwritten.
+    """
+    if not (cfg.parallel and cfg.one_region) or spec.config.reset_after:
+        return
+    for name in ("unit_blocks", "candidate_blocks"):
+        tiles = spec.blocks // getattr(cfg, name)
+        if tiles < 2:
+            raise ValueError(f"{name}={getattr(cfg, name)} gives {tiles} tile of {spec.blocks} unit blocks: one "
+                             f"parallel region (one_region=True) needs at least 2 tiles per phase; use smaller "
+                             f"tiles or one_region=False")
 
 
 def _largest_divisor(n: int, candidates) -> int:
@@ -96,12 +115,15 @@ class CPUStepRule:
         budget = max(1, self.max_accumulators // (3 * batch_tile))
         unit_blocks = _largest_divisor(nb, [d for d in (8, 4, 2, 1) if d <= budget])
         budget = max(1, self.max_accumulators // batch_tile)
-        candidate_blocks = _largest_divisor(nb, [d for d in (12, 8, 6, 4, 3, 2, 1) if d <= budget])
         cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
         itemsize = 4 if c.dtype == "float32" else 8
         weight_bytes = (spec.input_dim + c.units) * 3 * nb * spec.lanes * itemsize
         work = weight_bytes * max(1, spec.batch // 4)
         parallel = cores > 1 and work >= self.parallel_min_bytes and nb // unit_blocks >= 2
+        # In one parallel region the candidate phase needs two tiles or more too (check_one_region).
+        tiles = 2 if parallel and not c.reset_after else 1
+        candidate_blocks = _largest_divisor(nb, [d for d in (12, 8, 6, 4, 3, 2, 1)
+                                                 if d <= budget and (nb // d >= tiles or d == 1)])
         # Several batch tiles: products of all of them first. Besides reusing the unit tile's weights from L1,
         # this keeps LLVM from holding the input product's registers across the recurrent product's loop
         # (seen to spill accumulators inside that loop and cost ~20 % at batch 64).
@@ -118,6 +140,7 @@ class CPUStepRule:
     def apply(self, func: tirx.PrimFunc, spec: StepSpec, target, config: CPUStepConfig | None = None):
         """Return the scheduled ``s_tir.Schedule``."""
         cfg = config or self.default_config(spec, target)
+        check_one_region(spec, cfg)
         sch = s_tir.Schedule(func)
         pending = []
         if spec.config.reset_after:

@@ -414,10 +414,12 @@ RAISES = [
         r"no GRU node named 'encoder'; GRU nodes: \['g'\]"),
     Row("onnx-clip", lambda e: tvm_gru.from_onnx(_gru_node_model(clip=50.0)), ValueError,
         r"GRU node g: attribute 'clip'=50.0 is not supported"),
-    Row("onnx-bidirectional", lambda e: tvm_gru.from_onnx(_gru_node_model(direction="bidirectional")), ValueError,
-        r"GRU node g: attribute 'direction'='bidirectional' is not supported"),
+    Row("onnx-bidirectional-one-direction-weights", lambda e: tvm_gru.from_onnx(_gru_node_model(
+        direction="bidirectional")), ValueError,
+        r"GRU node g: input 'W' has shape \(1, 12, 3\); expected \(2, 3\*hidden_size, input_size\) for "
+        r"direction='bidirectional'"),
     Row("onnx-direction-unknown", lambda e: tvm_gru.from_onnx(_gru_node_model(direction="sideways")), ValueError,
-        r"attribute 'direction'='sideways'; expected 'forward' or 'reverse'"),
+        r"attribute 'direction'='sideways'; expected 'forward', 'reverse' or 'bidirectional'"),
     Row("onnx-layout-2", lambda e: tvm_gru.from_onnx(_gru_node_model(layout=2)), ValueError,
         r"attribute 'layout'=2; expected 0 or 1"),
     Row("onnx-leakyrelu-alpha", lambda e: tvm_gru.from_onnx(_gru_node_model(
@@ -428,7 +430,7 @@ RAISES = [
         r"ScaledTanh\(alpha=2.0, beta=1.0\) cannot be represented"),
     Row("onnx-three-activations", lambda e: tvm_gru.from_onnx(_gru_node_model(
         activations=["Sigmoid", "Tanh", "Tanh"])), ValueError,
-        r"attribute 'activations'=\['Sigmoid', 'Tanh', 'Tanh'\]: a forward or reverse GRU needs exactly 2"),
+        r"attribute 'activations'=\['Sigmoid', 'Tanh', 'Tanh'\]: a one-way GRU needs exactly 2"),
     Row("onnx-hidden-size-0", lambda e: tvm_gru.from_onnx(_gru_node_model(
         W=np.zeros((1, 0, 3), "f4"), R=np.zeros((1, 0, 0), "f4"), hidden_size=0)), ValueError,
         r"attribute 'hidden_size'=0 \(W \(1, 0, 3\)\); expected a positive hidden size"),

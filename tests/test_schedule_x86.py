@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tvm
 
-from tvm_gru import GRUConfig, StepSpec, packing, reference, targets
+from tvm_gru import GRUConfig, StepSpec, compute, packing, reference, targets
 from tvm_gru.build import scheduled_module
 from tvm_gru.schedules.base import CPUStepConfig
 from tvm_gru.schedules.x86 import X86StepRule
@@ -81,6 +81,8 @@ def test_every_knob_matches_reference(shape, reset_after, knobs):
     cfg = dataclasses.replace(base, **knobs)
     if spec.batch % cfg.batch_tile:
         cfg = dataclasses.replace(cfg, batch_tile=1)
+    if cfg.parallel and spec.blocks // cfg.candidate_blocks < 2:  # one region needs 2 candidate tiles
+        cfg = dataclasses.replace(cfg, candidate_blocks=spec.blocks // 2)
     out, ref = _run(spec, cfg)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
 
@@ -173,3 +175,46 @@ def test_accumulators_are_not_heap_workspace():
     """Register tiles live in stack buffers (TVM lowers "local" scope to a workspace call per tile)."""
     text = _lowered(_spec(4, 64, 64, reset_after=True))
     assert "TVMBackendAllocWorkspace" not in text
+
+
+@pytest.mark.parametrize("name", ["unit_blocks", "candidate_blocks"])
+def test_one_region_refuses_a_phase_of_one_tile(name):
+    # Inside a parallel launch TVM drops a parallel loop of extent 1 and every task runs its body: both threads
+    # computed that phase into the same buffers (wrong outputs in ~1 of 5,000 calls, 1x40x64).
+    spec = _spec(1, 40, 64)
+    cfg = dataclasses.replace(RULE.default_config(spec, TARGET), parallel=True, one_region=True,
+                              **{name: spec.blocks})
+    func = compute.step_primfunc(spec)
+    with pytest.raises(ValueError, match=f"{name}={spec.blocks} gives 1 tile.*one_region=False"):
+        RULE.apply(func, spec, TARGET, cfg)
+    RULE.apply(func, spec, TARGET, dataclasses.replace(cfg, one_region=False))  # two launches: no shared region
+    ra = _spec(1, 40, 64, reset_after=True, recurrent_activation="sigmoid")  # one phase, no region
+    RULE.apply(compute.step_primfunc(ra), ra, TARGET, dataclasses.replace(cfg, unit_blocks=ra.blocks))
+
+
+@pytest.mark.parametrize("shape", [(1, 1024, 64), (1, 512, 96), (2, 1024, 48)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_default_parallel_step_gives_the_same_output_every_call(shape):
+    # These defaults had a single candidate tile in one parallel region (see check_one_region): the output was
+    # wrong in about 1 call of 10,000. 20,000 calls into separate outputs, each compared with the first.
+    spec = _spec(*shape)
+    cfg = RULE.default_config(spec, TARGET)
+    assert cfg.parallel and cfg.one_region and spec.blocks // cfg.candidate_blocks >= 2
+    out, ref = _run(spec)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
+    c, rng = spec.config, np.random.default_rng(1)
+    weights = [rng.uniform(-0.5, 0.5, s).astype("float32") for s in
+               ((spec.input_dim, 3 * c.units), (c.units, 3 * c.units), c.bias_shape)]
+    packed = packing.pack_weights(c, *weights, spec.lanes)
+    fn = tvm.compile(scheduled_module(spec, TARGET, None), target=TARGET).jit()["main"]
+    x = rng.uniform(-1, 1, (spec.batch, spec.input_dim)).astype("float32")
+    h = rng.uniform(-1, 1, (spec.batch, c.units)).astype("float32")
+    head = [tvm.runtime.tensor(a) for a in (x, h, *packed.values())]
+    outs = [tvm.runtime.tensor(np.full((spec.batch, c.units), np.nan, "float32")) for _ in range(2000)]
+    first = None
+    for _ in range(10):
+        for o in outs:
+            fn(*head, o)
+        got = np.stack([o.numpy() for o in outs])
+        first = got[0] if first is None else first
+        assert np.array_equal(got, np.broadcast_to(first, got.shape)), "a parallel step call gave another output"
