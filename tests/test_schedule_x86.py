@@ -218,3 +218,17 @@ def test_default_parallel_step_gives_the_same_output_every_call(shape):
         got = np.stack([o.numpy() for o in outs])
         first = got[0] if first is None else first
         assert np.array_equal(got, np.broadcast_to(first, got.shape)), "a parallel step call gave another output"
+
+
+def test_tuning_records_with_a_one_tile_region_are_not_applied():
+    # Records tuned before check_one_region existed replay their trace without it: lookup leaves them out.
+    from tvm_gru.tuning_db import one_region_hazard
+
+    knobs = "unit_blocks=4, candidate_blocks={}, batch_tile=1, parallel=True, one_region={}, batch_inner=False, unroll=16"
+    func = compute.step_primfunc(_spec(1, 40, 64))  # 8 unit blocks
+    assert one_region_hazard(knobs.format(8, True), func)
+    assert not one_region_hazard(knobs.format(4, True), func)
+    assert not one_region_hazard(knobs.format(8, False), func)  # two launches
+    ra = _spec(1, 40, 64, reset_after=True, recurrent_activation="sigmoid")  # one phase: no region
+    assert not one_region_hazard(knobs.format(8, True), compute.step_primfunc(ra))
+    assert not one_region_hazard("generic MetaSchedule rules", func) and not one_region_hazard(None, func)

@@ -75,9 +75,22 @@ def hand_configs(rule, spec, target) -> list:
         rows = getattr(cfg, "batch_tile", 1)
         fits = getattr(cfg, "unit_blocks", 1) * rows * gates <= MAX_TILE \
             and getattr(cfg, "candidate_blocks", 1) * rows <= MAX_TILE
-        if fits and cfg not in out:
+        if fits and cfg not in out and _allowed(spec, cfg):
             out.append(cfg)
     return out
+
+
+def _allowed(spec, cfg) -> bool:
+    """Whether the CPU rule takes ``cfg`` (it refuses one parallel region with a phase of a single tile)."""
+    from .schedules.base import CPUStepConfig, check_one_region  # noqa: PLC0415
+
+    if not isinstance(cfg, CPUStepConfig):
+        return True
+    try:
+        check_one_region(spec, cfg)
+    except ValueError:
+        return False
+    return True
 
 
 def describe(cfg) -> str:

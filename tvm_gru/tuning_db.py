@@ -36,6 +36,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 __all__ = ["root", "target_id", "db_dir", "lookup", "fingerprint", "target_key", "hand_fingerprint", "workload_key",
+           "one_region_hazard",
            "read_workloads", "read_records", "repair", "append_baseline", "records_for", "best_tuned_module",
            "apply_record", "MARGIN", "FILES"]
 
@@ -327,6 +328,26 @@ def apply_record(record, workload, mod):
     return sch
 
 
+def _config_text(record) -> str | None:
+    from .tune_space import config_of  # noqa: PLC0415
+
+    return config_of(record)
+
+
+def one_region_hazard(config_text: str | None, func) -> bool:
+    """Whether a hand config (as :func:`tvm_gru.tune_space.config_of` writes it) puts a phase of one unit tile in
+    one parallel region: records tuned before ``schedules.base.check_one_region`` existed may; replaying them
+    ran that phase on every thread at once (wrong outputs now and then). ``func``: the step PrimFunc."""
+    if not config_text or "=" not in config_text:
+        return False
+    knobs = dict(item.split("=", 1) for item in config_text.replace(" ", "").split(",") if "=" in item)
+    buffers = {str(b.name): b for b in func.params}  # TVM 0.27: the parameters are the buffers
+    if knobs.get("parallel") != "True" or knobs.get("one_region") != "True" or "candidate_packed" not in buffers:
+        return False  # one launch per phase, or reset_after=True (one phase, no region)
+    blocks = int(buffers["kernel_packed"].shape[0])
+    return any(blocks // int(knobs.get(k, 1)) < 2 for k in ("unit_blocks", "candidate_blocks"))
+
+
 MARGIN = 0.05  # a record must beat the hand schedule by 5%: re-measuring the same pair moved it by up to ~5% here
 
 
@@ -350,6 +371,7 @@ def best_tuned_module(func, target, d: Path, baselines: dict):
                  "to re-measure them", base.get("spec"))
         return None
     workload, records = records_for(Path(d), mod, target)
+    records = [r for r in records if not one_region_hazard(_config_text(r), func)]
     if "record" in base:
         records = [r for r in records if digest(r) == base["record"]]
     if not records:
