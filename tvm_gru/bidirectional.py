@@ -24,6 +24,7 @@ import numpy as np
 
 from .inputs import as_array
 from .layer import GRU
+from .runtime.layer_calls import split_inputs
 
 __all__ = ["Bidirectional"]
 
@@ -179,14 +180,7 @@ class Bidirectional:
         The merged output: (B, T, 2H) for ``concat`` with ``return_sequences`` (else (B, 2H)), (.., H) for
         ``sum``/``ave``/``mul``, ``[y, y_rev]`` for None; with ``return_state`` followed by both final states.
         """
-        if isinstance(inputs, (list, tuple)):
-            if not inputs:
-                raise ValueError("`inputs` is an empty list")
-            if len(inputs) > 1:
-                if initial_state is not None:
-                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
-                initial_state = list(inputs[1:])
-            inputs = inputs[0]
+        inputs, initial_state = split_inputs(inputs, initial_state)
         fw_state = bw_state = None
         if initial_state is not None:
             if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:

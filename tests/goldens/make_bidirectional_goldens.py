@@ -140,7 +140,6 @@ from tf_keras/src/layers/rnn/bidirectional.py, base_rnn.py and backend.rnn):
 """
 
 import json
-import math
 import os
 import sys
 
@@ -187,28 +186,9 @@ RULES = [
 # --------------------------------------------------------------------------
 # JSON safety
 # --------------------------------------------------------------------------
-def json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, tf.DType):
-        return obj.name
-    if isinstance(obj, tf.TensorShape):
-        return obj.as_list()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        if isinstance(obj, float) and not math.isfinite(obj):
-            raise ValueError(f"non-finite float in JSON data: {obj}")
-        return obj
-    raise TypeError(f"cannot make {type(obj)} JSON-safe: {obj!r}")
+# JSON-safe configs: the cell goldens' helper (this folder's make_goldens.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_goldens import json_safe  # noqa: E402
 
 
 # --------------------------------------------------------------------------

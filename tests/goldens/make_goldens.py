@@ -93,6 +93,8 @@ def json_safe(obj):
         return float(obj)
     if isinstance(obj, tf.DType):
         return obj.name
+    if isinstance(obj, tf.TensorShape):
+        return obj.as_list()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         if isinstance(obj, float) and not math.isfinite(obj):
             raise ValueError(f"non-finite float in JSON data: {obj}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SequenceLayerCalls", "INDEX_LIMIT", "max_steps", "check_steps", "kernel_view"]
+__all__ = ["SequenceLayerCalls", "INDEX_LIMIT", "max_steps", "check_steps", "kernel_view", "split_inputs"]
 
 # What SequenceLayerCalls._plain_initial returns for an initial state the fast paths do not take.
 NOT_PLAIN = object()
@@ -44,6 +44,19 @@ def kernel_view(array: np.ndarray, dtype) -> np.ndarray:
     """``array`` C-contiguous, of ``dtype`` and writeable (DLPack refuses read-only arrays): no copy if it is."""
     out = np.ascontiguousarray(array, dtype=dtype)
     return out if out.flags.writeable else out.copy()
+
+
+def split_inputs(inputs, initial_state):
+    """Keras accepts ``[inputs, *initial_states]``: return ``(inputs, initial_state)``."""
+    if isinstance(inputs, (list, tuple)):
+        if not inputs:
+            raise ValueError("`inputs` is an empty list")
+        if len(inputs) > 1:
+            if initial_state is not None:
+                raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
+            initial_state = list(inputs[1:])
+        inputs = inputs[0]
+    return inputs, initial_state
 
 
 class SequenceLayerCalls:
@@ -163,17 +176,7 @@ class SequenceLayerCalls:
         return out
 
     # ------------------------------------------------------------------ call arguments
-    def _split_inputs(self, inputs, initial_state):
-        """Keras accepts ``[inputs, *initial_states]``: return ``(inputs, initial_state)``."""
-        if isinstance(inputs, (list, tuple)):
-            if not inputs:
-                raise ValueError("`inputs` is an empty list")
-            if len(inputs) > 1:
-                if initial_state is not None:
-                    raise ValueError("initial states given twice: in `inputs` and as `initial_state`")
-                initial_state = list(inputs[1:])
-            inputs = inputs[0]
-        return inputs, initial_state
+    _split_inputs = staticmethod(split_inputs)
 
     def _sequence_input(self, inputs, input_dim: int) -> np.ndarray:
         """``inputs`` as a rank-3 float array with ``input_dim`` features, checked (not yet converted)."""
