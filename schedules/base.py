@@ -28,7 +28,7 @@ from tvm import s_tir, tirx
 
 from tvm_gru.config import StepSpec
 
-__all__ = ["CPUStepConfig", "CPUStepRule", "check_one_region", "get_extent"]
+__all__ = ["CPUStepConfig", "CPUStepRule", "check_one_region", "one_region_error", "get_extent"]
 
 
 @dataclass(frozen=True)
@@ -73,22 +73,31 @@ def get_extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def check_one_region(spec: StepSpec, cfg: CPUStepConfig) -> None:
-    """Refuse one parallel region (reset_after=False) with a phase of a single unit tile.
+def one_region_error(blocks: int, reset_after: bool, cfg: CPUStepConfig) -> str | None:
+    """Why ``cfg`` cannot run one parallel region over ``blocks`` unit blocks, or None when it can.
 
     Inside a parallel launch TVM drops a parallel loop of extent 1 and every task runs its body: both threads
     then computed that phase at once, into the same scratch buffers and the same output. Measured before this
     check (1x40x64, a single candidate tile): 78 to 237 wrong outputs in ~700,000 calls, always in the units of
-    the slower thread, which the other one's zeroing of the shared accumulators had overwritten.
+    the slower thread, which the other one's zeroing of the shared accumulators had overwritten. reset_after=True
+    has one phase and no region.
     """
-    if not (cfg.parallel and cfg.one_region) or spec.config.reset_after:
-        return
+    if not (cfg.parallel and cfg.one_region) or reset_after:
+        return None
     for name in ("unit_blocks", "candidate_blocks"):
-        tiles = spec.blocks // getattr(cfg, name)
+        tiles = blocks // getattr(cfg, name)
         if tiles < 2:
-            raise ValueError(f"{name}={getattr(cfg, name)} gives {tiles} tile of {spec.blocks} unit blocks: one "
-                             f"parallel region (one_region=True) needs at least 2 tiles per phase; use smaller "
-                             f"tiles or one_region=False")
+            return (f"{name}={getattr(cfg, name)} gives {tiles} tile of {blocks} unit blocks: one parallel region "
+                    f"(one_region=True) needs at least 2 tiles per phase; use smaller tiles or one_region=False")
+    return None
+
+
+def check_one_region(spec: StepSpec, cfg: CPUStepConfig) -> None:
+    """Refuse one parallel region (reset_after=False) with a phase of a single unit tile (ValueError; see
+    :func:`one_region_error`)."""
+    error = one_region_error(spec.blocks, spec.config.reset_after, cfg)
+    if error is not None:
+        raise ValueError(error)
 
 
 def _largest_divisor(n: int, candidates) -> int:

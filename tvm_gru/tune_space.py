@@ -82,15 +82,9 @@ def hand_configs(rule, spec, target) -> list:
 
 def _allowed(spec, cfg) -> bool:
     """Whether the CPU rule takes ``cfg`` (it refuses one parallel region with a phase of a single tile)."""
-    from .schedules.base import CPUStepConfig, check_one_region  # noqa: PLC0415
+    from .schedules.base import CPUStepConfig, one_region_error  # noqa: PLC0415
 
-    if not isinstance(cfg, CPUStepConfig):
-        return True
-    try:
-        check_one_region(spec, cfg)
-    except ValueError:
-        return False
-    return True
+    return not isinstance(cfg, CPUStepConfig) or one_region_error(spec.blocks, spec.config.reset_after, cfg) is None
 
 
 def describe(cfg) -> str:

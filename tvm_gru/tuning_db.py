@@ -328,24 +328,24 @@ def apply_record(record, workload, mod):
     return sch
 
 
-def _config_text(record) -> str | None:
-    from .tune_space import config_of  # noqa: PLC0415
-
-    return config_of(record)
-
-
 def one_region_hazard(config_text: str | None, func) -> bool:
     """Whether a hand config (as :func:`tvm_gru.tune_space.config_of` writes it) puts a phase of one unit tile in
-    one parallel region: records tuned before ``schedules.base.check_one_region`` existed may; replaying them
-    ran that phase on every thread at once (wrong outputs now and then). ``func``: the step PrimFunc."""
+    one parallel region (``schedules.base.one_region_error``): records tuned before the rule refused that may;
+    replaying them ran that phase on every thread at once (wrong outputs now and then). ``func``: the step
+    PrimFunc."""
+    import dataclasses  # noqa: PLC0415
+
+    from .schedules.base import CPUStepConfig, one_region_error  # noqa: PLC0415
+
     if not config_text or "=" not in config_text:
-        return False
+        return False  # the generic MetaSchedule rules: no region
+    fields = {f.name for f in dataclasses.fields(CPUStepConfig)}
     knobs = dict(item.split("=", 1) for item in config_text.replace(" ", "").split(",") if "=" in item)
+    cfg = CPUStepConfig(**{k: v == "True" if v in ("True", "False") else int(v) for k, v in knobs.items()
+                           if k in fields})
     buffers = {str(b.name): b for b in func.params}  # TVM 0.27: the parameters are the buffers
-    if knobs.get("parallel") != "True" or knobs.get("one_region") != "True" or "candidate_packed" not in buffers:
-        return False  # one launch per phase, or reset_after=True (one phase, no region)
-    blocks = int(buffers["kernel_packed"].shape[0])
-    return any(blocks // int(knobs.get(k, 1)) < 2 for k in ("unit_blocks", "candidate_blocks"))
+    blocks, reset_after = int(buffers["kernel_packed"].shape[0]), "candidate_packed" not in buffers
+    return one_region_error(blocks, reset_after, cfg) is not None
 
 
 MARGIN = 0.05  # a record must beat the hand schedule by 5%: re-measuring the same pair moved it by up to ~5% here
@@ -360,6 +360,8 @@ def best_tuned_module(func, target, d: Path, baselines: dict):
     wait for the next run's re-measurement. A baseline written by hand without a ``record`` compares the
     fastest record's own time instead. ``baselines`` is ``_baselines(d)``.
     """
+    from .tune_space import config_of  # noqa: PLC0415
+
     mod = module(func)
     tkey = target_key(target)
     lines = [b for b in baselines.get(workload_key(mod), []) if b.get("target") == tkey]
@@ -371,7 +373,7 @@ def best_tuned_module(func, target, d: Path, baselines: dict):
                  "to re-measure them", base.get("spec"))
         return None
     workload, records = records_for(Path(d), mod, target)
-    records = [r for r in records if not one_region_hazard(_config_text(r), func)]
+    records = [r for r in records if not one_region_hazard(config_of(r), func)]
     if "record" in base:
         records = [r for r in records if digest(r) == base["record"]]
     if not records:
