@@ -43,7 +43,7 @@ SHAPE = {"units": 16, "input_dim": 8, "batch": 1}
 # Runs in the emulated arm64 Python with numpy + apache-tvm-ffi only: load the artifact, one step, save it.
 EMULATED = r"""
 import sys
-sys.path.insert(0, sys.argv[1] + "/python")
+sys.path.insert(0, sys.argv[1] + "/python/tvm_gru_runtime.zip")
 import numpy as np
 import tvm_gru_runtime
 cell = tvm_gru_runtime.load(sys.argv[1])
@@ -130,7 +130,7 @@ def test_tune_aarch64_over_rpc_with_an_emulated_server(tmp_path, capsys, monkeyp
                     lanes=targets.lanes(target, "float32"))
     func = compute.step_primfunc(spec)
     mod = tuning_db.module(func)
-    workload, records = tuning_db.records_for(d, mod, target)
+    records = tuning_db.records_for(d, mod, target)[1]
     assert len(records) == TRIALS  # records_for leaves failed candidates out
     assert all(0 < tuning_db.record_seconds(r) < tuning_db.FAILED for r in records)
     assert all("unit_blocks=" in tune_space.config_of(r) for r in records)  # the hand space's configs
@@ -151,7 +151,7 @@ def test_tune_aarch64_over_rpc_with_an_emulated_server(tmp_path, capsys, monkeyp
     monkeypatch.setenv("TVM_GRU_TUNING_LOGS", str(log_dir))
     monkeypatch.setenv("TVM_GRU_CACHE_DIR", str(tmp_path / "cache"))
     build.clear_memory_cache()
-    tuned = tuning_db.apply_record(named[0], workload, mod).mod
+    tuned = tuning_db.apply_record(named[0], mod).mod
     _, hand = tune_space.hand_rule(func, spec, target)
     applied_by_the_run = tuning_db.lookup(func, target) is not None
     if not applied_by_the_run:

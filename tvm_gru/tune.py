@@ -207,9 +207,9 @@ def _tune_and_verify(task, bench, space, trials, per_batch, cost_model, seed, ve
         if before < trials:
             design = tune_space.space(space, task.func, task.spec, task.target)
             run = _tune_missing(task, bench, design, before, trials, per_batch, cost_model, seed, report)
-        workload, found = task.records()
+        found = task.records()[1]
         top = _distinct_fastest(found, VERIFY_TOP)
-        mods = [task.hand.mod] + [tuning_db.apply_record(r, workload, task.mod).mod for r in top]
+        mods = [task.hand.mod] + [tuning_db.apply_record(r, task.mod).mod for r in top]
         times = [min(t, default=None) for t in bench.measure(mods, task.args_info, rounds=verify_rounds)]
     finally:
         bench.close()
@@ -294,11 +294,26 @@ def _tune_missing(task, bench, design, before, trials, per_batch, cost_model, se
                    lambda done: report(before + done, trials, best_so_far(), hand_s))
 
 
+def _refused_candidates(candidates) -> set:
+    """Indices of the candidates whose trace the allow-list refuses (:func:`tvm_gru.tuning_db.trace_refusal`).
+
+    Candidates are generated from tvm_gru's spaces and from records already in the database (checked when read);
+    this keeps the allow-list and the spaces honest: a refused candidate is neither built nor appended.
+    """
+    refused = set()
+    for i, c in enumerate(candidates):
+        reason = tuning_db.trace_refusal(tuning_db.trace_json(c.sch.trace))
+        if reason is not None:
+            log.warning("tvm_gru: a search candidate is outside the tuning-record allow-list, skipped: %s", reason)
+            refused.add(i)
+    return refused
+
+
 def _search(ctx, task, bench, cost_model, trials, per_batch, report) -> int:
     """Measure up to ``trials`` candidates, committing each batch; return how many were measured."""
     from tvm.s_tir.meta_schedule.database import TuningRecord  # noqa: PLC0415
 
-    from .tune_measure import remove  # noqa: PLC0415
+    from .tune_measure import remove, run_seconds  # noqa: PLC0415
 
     ctx.pre_tuning(max_trials=trials, num_trials_per_iter=per_batch, design_spaces=ctx.generate_design_space(),
                    database=task.db, cost_model=cost_model)
@@ -310,7 +325,9 @@ def _search(ctx, task, bench, cost_model, trials, per_batch, report) -> int:
             if not candidates:  # the space is exhausted
                 break
             t1 = time.perf_counter()
-            artifacts = bench.build([c.sch.mod for c in candidates])
+            refused = _refused_candidates(candidates)
+            built = iter(bench.build([c.sch.mod for i, c in enumerate(candidates) if i not in refused]))
+            artifacts = [None if i in refused else next(built) for i in range(len(candidates))]
             t2 = time.perf_counter()
             try:
                 results = bench.run(artifacts, [c.args_info for c in candidates])
@@ -318,8 +335,10 @@ def _search(ctx, task, bench, cost_model, trials, per_batch, report) -> int:
                 remove(artifacts)
             log.debug("tvm_gru: batch of %d: search %.1f s, build %.1f s, run %.1f s", len(candidates), t1 - t0,
                       t2 - t1, time.perf_counter() - t2)
-            for c, r in zip(candidates, results):  # failures are recorded too, as MetaSchedule does: 1e10 s
-                secs = [float(s) for s in r.run_secs] if r.run_secs and not r.error_msg else [1e10]
+            for i, (c, r) in enumerate(zip(candidates, results)):
+                if i in refused:
+                    continue
+                secs = run_seconds(r) or [1e10]  # failures are recorded too, as MetaSchedule does: 1e10 s
                 task.db.commit_tuning_record(TuningRecord(c.sch.trace, task.workload, secs, task.target, c.args_info))
             cost_model.update(ctx, candidates, results)
             ctx.notify_runner_results(candidates, results)

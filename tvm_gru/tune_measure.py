@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import sys
 import time
 import types
 
-__all__ = ["Bench", "EVALUATOR", "cpu_busy", "parse_tracker", "remove", "wait_for_quiet", "without_tensor_intrinsics"]
+__all__ = ["Bench", "EVALUATOR", "cpu_busy", "parse_tracker", "remove", "run_seconds", "wait_for_quiet",
+           "without_tensor_intrinsics"]
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,11 @@ EVALUATOR = {"number": 1, "repeat": 5, "min_repeat_ms": 20}
 def without_tensor_intrinsics(target=None):
     """Let ``TuneContext`` import ``tvm.s_tir.tensor_intrin`` as an empty package (see :mod:`tvm_gru.tune`).
 
-    Its submodules stay importable; the stub is removed afterwards, so a later real import registers them. For an
-    aarch64 ``target`` the ARM intrinsics alone are registered (about 2 s): MetaSchedule's ARM defaults, which
-    ``TuneContext`` builds whenever a space takes any of its parts "from-target", look them up by name and abort
-    without them ("TensorIntrin 'dot_4x4_i8i8s32_neon' is not registered").
+    Its submodules stay importable; the stub is removed afterwards, so a later real import registers them. The
+    target's own CPU intrinsics alone are registered (ARM about 2 s, x86 well under one): MetaSchedule's defaults
+    for ARM and for x86 with AVX-512 or VNNI, which ``TuneContext`` builds whenever a space takes any of its parts
+    "from-target", look them up by name and abort without them ("TensorIntrin 'dot_4x4_i8i8s32_neon' is not
+    registered", "TensorIntrin 'dot_16x4_vnni' is not registered").
     """
     name = "tvm.s_tir.tensor_intrin"
     if name in sys.modules:
@@ -41,18 +44,22 @@ def without_tensor_intrinsics(target=None):
     stub.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
     sys.modules[name] = stub
     try:
-        if target is not None and _is_aarch64(target):
-            importlib.import_module(name + ".arm_cpu")  # stays registered (and in sys.modules) afterwards
+        intrinsics = _cpu_intrinsics(target)
+        if intrinsics:
+            importlib.import_module(f"{name}.{intrinsics}")  # stays registered (and in sys.modules) afterwards
         yield
     finally:
         if sys.modules.get(name) is stub:
             del sys.modules[name]
 
 
-def _is_aarch64(target) -> bool:
+def _cpu_intrinsics(target) -> str | None:
+    """The ``tvm.s_tir.tensor_intrin`` submodule MetaSchedule's defaults for ``target`` look up, if any."""
     from .targets import family  # noqa: PLC0415
 
-    return target.kind.name == "llvm" and family(target) == "aarch64"
+    if target is None or target.kind.name != "llvm":
+        return None
+    return {"aarch64": "arm_cpu", "x86": "x86"}.get(family(target))
 
 
 def _build(mod, target):
@@ -177,10 +184,29 @@ class Bench:
         try:
             for _ in range(rounds):
                 for i, r in enumerate(self.run(artifacts, [args_info] * len(mods))):
-                    times[i] += [float(s) for s in r.run_secs] if r.run_secs and not r.error_msg else []
+                    times[i] += run_seconds(r)
         finally:
             remove(artifacts)
         return times
+
+
+def run_seconds(result) -> list:
+    """The times of a ``RunnerResult``, or ``[]`` for a failure.
+
+    An RPC server is another machine: times that are not finite and positive (which would make its candidate
+    win, or break the comparison with the hand schedule) count as a failure.
+    """
+    if result.error_msg or not result.run_secs:
+        return []
+    try:
+        secs = [float(s) for s in result.run_secs]
+    except (TypeError, ValueError):
+        secs = []
+    if not secs or not all(math.isfinite(s) and s > 0 for s in secs):
+        log.warning("tvm_gru: a runner returned unusable times %r; counted as a failed candidate",
+                    list(result.run_secs)[:5])
+        return []
+    return secs
 
 
 def remove(artifacts) -> None:
