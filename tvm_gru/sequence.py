@@ -18,12 +18,8 @@ Masking follows Keras ``backend.rnn``: a masked step keeps the previous state; i
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -170,33 +166,15 @@ class GateMath:
 
 
 # ---------------------------------------------------------------------------------------------------
-# compile cache (same layout and guarantees as tvm_gru.build: hashed key, atomic writes, damaged entries
-# rebuilt, in-memory layer on top).
-_MEMORY: dict = {}
-_LOCK = threading.Lock()
-_SOURCES = ("sequence.py", "activations.py", "packing.py", "config.py")
+# compile cache: the one of tvm_gru.build (tvm_gru.build.cached_kernel), keyed by everything below
+_SOURCES = ("sequence.py", "activations.py", "packing.py", "config.py", "schedules/sequence.py")
 
 
-def _source_hash() -> str:
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update((here / name).read_bytes())
-    from . import schedules  # noqa: PLC0415
+def _key(spec: SequenceSpec, target, schedule) -> dict:
+    from .build import source_hash  # noqa: PLC0415
 
-    h.update((Path(schedules.__file__).parent / "sequence.py").read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _key(spec: SequenceSpec, target, schedule) -> str:
-    import tvm  # noqa: PLC0415
-
-    from . import __version__  # noqa: PLC0415
-
-    blob = json.dumps({"spec": spec.key(), "target": str(target.export()), "tvm": tvm.__version__,
-                       "pkg": __version__, "src": _source_hash(), "schedule": repr(schedule)},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return {"spec": spec.key(), "target": str(target.export()), "src": source_hash(_SOURCES),
+            "schedule": repr(schedule)}
 
 
 def scheduled_sequence(spec: SequenceSpec, target, schedule=None):
@@ -249,12 +227,10 @@ def compile_sequence(spec: SequenceSpec, target=None, schedule=None):
     target = targets.resolve(target)
     if schedule is None:
         schedule = _rule(target).default_schedule(spec, target)
-    key = _key(spec, target, schedule)
-    with _LOCK:
-        fn = _MEMORY.get(key)
-        if fn is None:
-            fn = _MEMORY[key] = _load_or_build(spec, target, schedule, key)
-        return fn
+    from .build import cached_kernel  # noqa: PLC0415
+
+    return cached_kernel("seq", _key(spec, target, schedule),
+                         lambda: compile_sequence_module(scheduled_sequence(spec, target, schedule), target))
 
 
 @contextmanager
@@ -290,13 +266,6 @@ def compile_sequence_module(mod, target):
 
     with vectorizable_isnan(), tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
         return tvm.compile(mod, target=target)
-
-
-def _load_or_build(spec, target, schedule, key):
-    from .build import cache_dir, load_or_compile  # noqa: PLC0415
-
-    return load_or_compile(cache_dir() / f"{key}-seq.so",
-                           lambda: compile_sequence_module(scheduled_sequence(spec, target, schedule), target))
 
 
 def padded_recurrent_mask(mask: np.ndarray, lanes: int) -> np.ndarray:
