@@ -142,9 +142,13 @@ def _check_export_files(args, error) -> None:
                     error(f"argument --weights: {args.weights} is a single .npy array, expected a .npz archive")
         except (OSError, ValueError, EOFError) as err:
             error(f"argument --weights: {args.weights} is not a .npz archive ({err})")
-    out = getattr(args, "out", None)
-    if out and Path(out).exists() and not getattr(args, "overwrite", False):
-        error(f"argument --out: {out} exists; pass --overwrite to replace it")
+    if getattr(args, "out", None) is not None:
+        from .export import check_destination  # noqa: PLC0415  (an empty --out, ".", a non-artifact folder...)
+
+        try:
+            check_destination(args.out, getattr(args, "overwrite", False), "argument --out:", "--overwrite")
+        except (ValueError, FileExistsError) as err:
+            error(str(err))
     batches = getattr(args, "batches", None)
     if batches:
         try:
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
         _check_export_files(args, sub.error)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         # library errors already name the argument; print them like argparse does, without a traceback
         sub.error(f"{type(err).__name__}: {err}")
 

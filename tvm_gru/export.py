@@ -8,7 +8,7 @@ TVM compiler.
 
 then, on the board (``pip install apache-tvm-ffi numpy``)::
 
-    import sys; sys.path.insert(0, "gru_arm/python")
+    import sys; sys.path.insert(0, "gru_arm/python/tvm_gru_runtime.zip")   # the bundled loader (no bytecode)
     import tvm_gru_runtime
     cell = tvm_gru_runtime.load("gru_arm")
     out, [h] = cell(x, [h])
@@ -26,10 +26,15 @@ The folder layout and the loader are in :mod:`tvm_gru.runtime.artifact`. What go
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,8 +45,11 @@ import numpy as np
 
 from . import __version__, targets
 from .runtime import artifact
+from .runtime.verified_files import read_regular_file
 
 __all__ = ["export_cell", "export_layer", "register_cli"]
+
+log = logging.getLogger(__name__)
 
 _TVM_WHEEL = "0.27.0.post1"
 _X86_FEATURES = {"haswell": ["avx2", "fma"], "skylake-avx512": ["avx2", "fma", "avx512f"]}
@@ -204,22 +212,34 @@ def _versions() -> dict:
     return out
 
 
-_RUNTIME_FILES = ("arrays.py", "artifact.py", "buffers.py", "deployed_layer.py", "ffi_args.py", "layer_calls.py")
+_RUNTIME_FILES = ("arrays.py", "artifact.py", "buffers.py", "deployed_layer.py", "ffi_args.py", "layer_calls.py",
+                  "verified_files.py")
+_RUNTIME_INIT = ('"""tvm_gru deployed cell/layer runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
+                 "from .artifact import ArtifactError, DeployedCell, load, verify\n"
+                 "from .deployed_layer import DeployedGRU\n\n"
+                 '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "ArtifactError"]\n')
 
 
 def _copy_runtime_package(dest: Path) -> list:
-    """The runtime loader as a standalone package ``python/tvm_gru_runtime`` (numpy + tvm_ffi only)."""
+    """The runtime loader as a standalone package in one zip, ``python/tvm_gru_runtime.zip`` (numpy + tvm_ffi
+    only), imported with ``sys.path.insert(0, "<artifact>/python/tvm_gru_runtime.zip")``.
+
+    A zip rather than a folder of sources: Python imports it from the zip alone, so no ``__pycache__`` is read
+    or written in the artifact, and no file planted next to it (a .pyc, an extension module) is imported. Sources
+    only, with fixed timestamps, so the same runtime gives the same bytes.
+    """
+    import zipfile  # noqa: PLC0415
+
     src = Path(artifact.__file__).parent
-    pkg = dest / "python" / "tvm_gru_runtime"
-    pkg.mkdir(parents=True)
-    for name in _RUNTIME_FILES:
-        shutil.copyfile(src / name, pkg / name)
-    (pkg / "__init__.py").write_text(
-        '"""tvm_gru deployed cell/layer runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
-        "from .artifact import ArtifactError, DeployedCell, load, verify\n"
-        "from .deployed_layer import DeployedGRU\n\n"
-        '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "ArtifactError"]\n')
-    return [pkg / n for n in ("__init__.py", *_RUNTIME_FILES)]
+    path = dest / "python" / "tvm_gru_runtime.zip"
+    path.parent.mkdir(parents=True)
+    sources = {"__init__.py": _RUNTIME_INIT.encode(), **{n: (src / n).read_bytes() for n in _RUNTIME_FILES}}
+    with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in sources.items():
+            info = zipfile.ZipInfo(f"tvm_gru_runtime/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return [path]
 
 
 def _batch_list(batch) -> list:
@@ -229,16 +249,208 @@ def _batch_list(batch) -> list:
     return batches
 
 
-def _check_dest(path, overwrite: bool) -> Path:
-    dest = Path(path)
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
+# ---------------------------------------------------------------------------------------- destination
+# Only a tvm_gru artifact (or an empty folder) is ever replaced, checked before compiling and again at the swap.
+_METADATA_LIMIT = 16 << 20  # an artifact's metadata is a few kB
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
+
+
+def check_destination(path, overwrite: bool, arg: str = "`path`", flag: str = "overwrite=True") -> Path:
+    """``path`` as a folder an artifact may be written to, or an error saying why it may not.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A new path; with ``overwrite``, also an empty folder or a tvm_gru artifact folder (its metadata names
+        the artifact format and a kind).
+    overwrite : bool
+    arg, flag : str
+        How the path and the overwrite switch are named in messages (the CLI says ``--out``, ``--overwrite``).
+
+    Raises
+    ------
+    ValueError
+        An empty path, or one that resolves to the filesystem root, the home folder, the working folder or a
+        folder above it: never a destination, whatever ``overwrite`` says.
+    FileExistsError
+        Something is at ``path`` that is not replaced: anything without ``overwrite``; a symbolic link, a file
+        or a non-empty folder that is not an artifact with it.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{arg} must be a str or os.PathLike naming the artifact folder; received "
+                        f"{type(path).__name__}")
+    raw = os.fsdecode(os.fspath(path))
+    if not raw.strip():
+        raise ValueError(f"{arg} must name the artifact folder; received {raw!r} (an unset variable?)")
+    dest = Path(raw)
+    _refuse_shared_folder(dest, arg)
+    _destination_state(dest, overwrite, arg, flag)
     return dest
 
 
-def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dict) -> Path:
+def _refuse_shared_folder(dest: Path, arg: str) -> None:
+    resolved, cwd = dest.resolve(), Path.cwd().resolve()
+    try:
+        home = Path.home().resolve()
+    except RuntimeError:  # no HOME and no password entry
+        home = None
+    shared = [(resolved == Path(resolved.anchor), "the filesystem root"), (resolved == home, "the home folder"),
+              (resolved == cwd, "the working folder"), (resolved in cwd.parents, "a folder above the working folder")]
+    reason = next((reason for matches, reason in shared if matches), None)
+    if reason is not None:
+        raise ValueError(f"{arg} {str(dest)!r} is {reason} ({resolved}); expected a folder of its own for the "
+                         "artifact (this one is never written or replaced)")
+
+
+def _destination_state(dest: Path, overwrite: bool, arg: str, flag: str) -> str:
+    """"absent", "empty" (a folder) or "artifact"; raises FileExistsError for anything that is not replaced."""
+    try:
+        info = os.lstat(dest)
+    except FileNotFoundError:
+        return "absent"
+    if stat.S_ISLNK(info.st_mode):
+        raise FileExistsError(f"{arg} {dest} is a symbolic link; expected a new path or a tvm_gru artifact folder "
+                              "(links are neither followed nor replaced)")
+    if not overwrite:
+        raise FileExistsError(f"{arg} {dest} exists; pass {flag} to replace it (a tvm_gru artifact only)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise FileExistsError(f"{arg} {dest} is a file; expected a new path or a tvm_gru artifact folder to replace "
+                              "(files are never replaced)")
+    problem = _not_an_artifact(dest)
+    if problem is None:
+        return "artifact"
+    with os.scandir(dest) as entries:
+        if next(entries, None) is None:
+            return "empty"
+    raise FileExistsError(f"{arg} {dest} is a folder that is not a tvm_gru artifact ({problem}); expected a new "
+                          f"path, an empty folder or an artifact folder: {flag} replaces artifacts only")
+
+
+def _not_an_artifact(folder: Path):
+    """Why ``folder`` is not a tvm_gru artifact (a real folder whose metadata names the format and a kind), or
+    None when it is one."""
+    if os.path.islink(folder) or not folder.is_dir():
+        return "not a folder"
+    try:
+        meta = json.loads(read_regular_file(folder / artifact.METADATA, _METADATA_LIMIT))
+    except FileNotFoundError:
+        return f"it has no {artifact.METADATA}"
+    except (OSError, ValueError, RecursionError) as err:
+        return f"its {artifact.METADATA} is not readable JSON ({type(err).__name__}: {err})"
+    found = meta.get("format") if isinstance(meta, dict) else None
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if found != artifact.FORMAT or not isinstance(kind, str) or kind not in artifact.KIND_VERSIONS:
+        return (f"its {artifact.METADATA} names format {found!r} and kind {kind!r}; expected format "
+                f"{artifact.FORMAT!r} and a kind in {sorted(artifact.KIND_VERSIONS)}")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without the wrapper
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux ``renameat2``; False where it or the flag is not supported (then the caller falls back)."""
+    fn = _libc_renameat2()
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a filesystem without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+_CHANGED = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+
+
+def _publish(new: Path, dest: Path, overwrite: bool) -> None:
+    """Move the finished folder ``new`` (ours) to ``dest``, checking ``dest`` again at this moment.
+
+    A new path is taken with ``RENAME_NOREPLACE`` (else a plain rename, which at worst replaces an empty
+    folder); an empty folder is replaced by a rename, which fails if it has been filled meanwhile; an artifact
+    is swapped out (:func:`_swap_artifact`) and only then removed. Whatever goes wrong, nothing at ``dest`` is
+    removed, and neither is ``new`` unless it still holds an artifact (ours, or one that was swapped out).
+    """
+    try:
+        state = _destination_state(dest, overwrite, "`path`", "overwrite=True")
+        if state == "artifact":
+            old = _swap_artifact(new, dest)
+        else:
+            old = None
+            if state == "empty" or not _renameat2(new, dest, _RENAME_NOREPLACE):
+                if state == "absent" and os.path.lexists(dest):
+                    raise OSError(errno.EEXIST, "created meanwhile", str(dest))
+                os.rename(new, dest)
+    except OSError as err:
+        _remove_artifact(new)
+        if err.errno not in _CHANGED:  # also the FileExistsError of the check, which has its own message
+            raise
+        raise FileExistsError(f"`path` {dest} appeared or changed while the artifact was being written "
+                              f"({err.strerror}); it was left as it is (only a new path, an empty folder or, with "
+                              "overwrite=True, an artifact is replaced)") from err
+    except BaseException:
+        _remove_artifact(new)
+        raise
+    if old is not None:
+        _remove_artifact(old)  # checked to be an artifact, and moved where only this call knows it
+
+
+def _remove_artifact(folder: Path) -> None:
+    problem = _not_an_artifact(folder)
+    if problem is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif os.path.lexists(folder):  # cannot happen unless a swap back failed: leave it for a person to look at
+        log.warning("tvm_gru: left %s in place: %s", folder, problem)
+
+
+def _swap_artifact(new: Path, dest: Path) -> Path:
+    """Put ``new`` at ``dest`` in one step and return where the previous artifact now is.
+
+    With ``RENAME_EXCHANGE`` the two trade places atomically; otherwise the old folder is renamed aside first.
+    Either way what was taken out is checked again to be an artifact, and put back if it is not.
+    """
+    if _renameat2(new, dest, _RENAME_EXCHANGE):
+        problem = _not_an_artifact(new)
+        if problem is None:
+            return new
+        _renameat2(new, dest, _RENAME_EXCHANGE)  # not an artifact after all: put it back
+        raise OSError(errno.EEXIST, f"it is no longer an artifact: {problem}", str(dest))
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+    try:
+        os.rename(dest, aside)  # onto the empty folder made for it
+    except OSError:
+        aside.rmdir()
+        raise
+    problem = _not_an_artifact(aside)
+    if problem is not None:
+        try:
+            os.rename(aside, dest)
+        except OSError as err:  # the path was taken again meanwhile: say where the folder is
+            raise OSError(errno.EEXIST, f"it is no longer an artifact ({problem}); that folder is now at {aside}",
+                          str(dest)) from err
+        raise OSError(errno.EEXIST, f"it is no longer an artifact: {problem}", str(dest))
+    try:
+        os.rename(new, dest)
+    except OSError as err:  # something took the path meanwhile: keep the old artifact, tell where
+        raise OSError(err.errno, f"{err.strerror}; the previous artifact is kept at {aside}", str(dest)) from err
+    return aside
+
+
+def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dict, overwrite: bool) -> Path:
     """Write kernel.so, weights.npz, lib/, python/ and the metadata (``meta`` + files, hashes) into a temporary
-    folder next to ``dest``, then move it into place (a reader never sees a half-written artifact)."""
+    folder next to ``dest``, then move it into place (:func:`_publish`: a reader never sees a half-written
+    artifact, and only an artifact or an empty folder is ever replaced)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -257,12 +469,10 @@ def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dic
                 "files": {f.relative_to(tmp).as_posix(): artifact._sha256(f) for f in files}}
         (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.chmod(0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _publish(tmp, dest, overwrite)
     return dest
 
 
@@ -291,7 +501,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
     Returns
     -------
     Path
-        The artifact folder. Load it with :func:`tvm_gru.load` (or the bundled ``python/tvm_gru_runtime``).
+        The artifact folder. Load it with :func:`tvm_gru.load` (or the bundled ``python/tvm_gru_runtime.zip``).
     """
     if not getattr(cell, "built", False):
         raise ValueError("`export_cell` needs a built cell: call build(input_shape), set_weights or the cell first")
@@ -300,7 +510,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
     batches = _batch_list(batch)
     wdt = check_weight_dtype(cell.config.dtype, getattr(cell, "weight_dtype", None) if weight_dtype is None
                              else weight_dtype)
-    dest = _check_dest(path, overwrite)
+    dest = check_destination(path, overwrite)
     target = targets.resolve(target)
     family = targets.family(target)
     lanes = targets.lanes(target, cell.config.dtype)
@@ -323,7 +533,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
         "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
                    "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
     }
-    return _write_artifact(dest, executable, family, packed, meta)
+    return _write_artifact(dest, executable, family, packed, meta, overwrite)
 
 
 # ---------------------------------------------------------------------------------------- layers
@@ -407,7 +617,7 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
         raise ValueError("`export_layer` needs a built layer: call build(input_shape), set_weights or the layer "
                          "first")
     batches = _batch_list(batch)
-    dest = _check_dest(path, overwrite)
+    dest = check_destination(path, overwrite)
     target = targets.resolve(target)
     family = targets.family(target)
     from .schedules.sequence import RULES  # noqa: PLC0415
@@ -446,7 +656,7 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
                    # rebuilt from candidate_packed at load time
                    "frame_args": ["x (B, I)", "h (B, H)", *packed, "h_new (B, H)"]},
     }
-    return _write_artifact(dest, executable, family, packed, meta)
+    return _write_artifact(dest, executable, family, packed, meta, overwrite)
 
 
 # ---------------------------------------------------------------------------------------- CLI
