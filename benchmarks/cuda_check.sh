@@ -18,7 +18,7 @@ tar xf .cuda_bundle.tar -C /tmp/bundle || exit 1
   python3 -c "import time; t=time.time(); import torch, tvm_ffi, numpy; print('torch', torch.__version__, 'tvm_ffi', tvm_ffi.__version__, 'numpy', numpy.__version__, 'import %.1fs' % (time.time()-t))"
   python3 -c "import sys, tvm_gru; from tvm_gru.runtime.artifact import load; c = load('/tmp/bundle/sigmoid_ra'); print(c); print('tvm imported:', 'tvm' in sys.modules)"
   # the artifact alone (its bundled runtime copy, no tvm_gru package): what a deployment has
-  (cd /tmp && PYTHONPATH=/tmp/site python3 -c "import sys; sys.path.insert(0, '/tmp/bundle/v1_default/python'); import numpy as np, tvm_gru_runtime as rt; c = rt.load('/tmp/bundle/v1_default'); o, _ = c(np.ones((3, 32), 'float32'), [np.zeros((3, 64), 'float32')]); print('bundled runtime:', c, o.shape, float(abs(o).max()))")
+  (cd /tmp && PYTHONPATH=/tmp/site python3 -c "import sys; sys.path.insert(0, '/tmp/bundle/v1_default/python/tvm_gru_runtime.zip'); import numpy as np, tvm_gru_runtime as rt; c = rt.load('/tmp/bundle/v1_default'); o, _ = c(np.ones((3, 32), 'float32'), [np.zeros((3, 64), 'float32')]); print('bundled runtime:', c, o.shape, float(abs(o).max()))")
 } 2>&1 | tee "$OUT/env.log"
 TVM_GRU_CUDA_BUNDLE=/tmp/bundle timeout 200 python3 -m pytest tests/test_cuda.py -q -m gpu -p no:cacheprovider -rs 2>&1 \
   | tee "$OUT/pytest.log"

@@ -24,7 +24,7 @@ from tvm_gru.runtime.artifact import ArtifactError, load
 EMULATED = r"""
 import json, sys
 cases = json.load(open(sys.argv[1]))
-sys.path.insert(0, cases[0]["artifact"] + "/python")
+sys.path.insert(0, cases[0]["artifact"] + "/python/tvm_gru_runtime.zip")
 import numpy as np
 import tvm_gru_runtime
 results = {}

@@ -60,7 +60,7 @@ def test_layout_and_metadata(exported):
     assert meta["target"]["family"] == "x86" and meta["target"]["tvm"]["kind"] == "llvm"
     assert {"tvm_gru", "apache-tvm", "apache-tvm-ffi", "numpy"} <= set(meta["versions"])
     assert meta["shapes"]["kernel_packed"] == list(np.load(path / "weights.npz")["kernel_packed"].shape)
-    assert {"kernel.so", "weights.npz", "python/tvm_gru_runtime/artifact.py"} <= set(meta["files"])
+    assert {"kernel.so", "weights.npz", "python/tvm_gru_runtime.zip"} <= set(meta["files"])
     for rel, digest in meta["files"].items():
         assert hashlib.sha256((path / rel).read_bytes()).hexdigest() == digest
     assert verify(path) == meta

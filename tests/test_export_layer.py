@@ -279,7 +279,7 @@ def test_metadata(artifacts):
     assert meta["config"] == layer.cell.config.to_dict() and meta["keras_config"] == layer.get_config()
     assert meta["target"]["family"] == "x86" and meta["batch_sizes"] == [2]
     assert meta["kernel"]["weights"] == ["kernel_packed", "recurrent_packed", "candidate_packed", "bias_packed"]
-    assert {"kernel.so", "weights.npz", "python/tvm_gru_runtime/deployed_layer.py"} <= set(meta["files"])
+    assert {"kernel.so", "weights.npz", "python/tvm_gru_runtime.zip"} <= set(meta["files"])
     for rel, digest in meta["files"].items():
         assert hashlib.sha256((path / rel).read_bytes()).hexdigest() == digest
     assert verify(path) == meta
@@ -304,7 +304,7 @@ def test_tampered_kernel_is_refused_before_loading(artifacts, tmp_path):
 
 @pytest.mark.parametrize("damage, match", [
     (lambda p: (p / "weights.npz").unlink(), "weights.npz is missing"),
-    (lambda p: (p / "python" / "tvm_gru_runtime" / "deployed_layer.py").unlink(), "deployed_layer.py is missing"),
+    (lambda p: (p / "python" / "tvm_gru_runtime.zip").unlink(), "tvm_gru_runtime.zip is missing"),
     (lambda p: (p / "lib" / "libevil.so").write_bytes(b"\x7fELF"), "does not list"),
     (lambda p: _edit_meta(p, lambda m: m.update(format_version=1)), "needs format version >= 2"),
     (lambda p: _edit_meta(p, lambda m: m.update(format_version=FORMAT_VERSION + 1)), "newer than this runtime"),

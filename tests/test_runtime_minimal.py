@@ -43,7 +43,7 @@ if mode == "package":
     if load is None:
         from tvm_gru.runtime.artifact import load
 else:
-    sys.path.insert(0, art + "/python")
+    sys.path.insert(0, art + "/python/tvm_gru_runtime.zip")
     from tvm_gru_runtime import load
 import tvm_ffi
 cell = load(art)
@@ -121,7 +121,7 @@ mode, art, stream_art, inputs, out_path = sys.argv[1:6]
 if mode == "package":
     from tvm_gru import load
 else:
-    sys.path.insert(0, art + "/python")
+    sys.path.insert(0, art + "/python/tvm_gru_runtime.zip")
     from tvm_gru_runtime import load
 import tvm_ffi
 layer = load(art)
