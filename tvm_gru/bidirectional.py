@@ -20,6 +20,8 @@ An ONNX ``direction="bidirectional"`` GRU node imports as this wrapper (:func:`t
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .inputs import as_array
@@ -61,7 +63,16 @@ class Bidirectional:
         The backward direction, used as given; it must differ from ``layer`` in ``go_backwards`` and agree on
         ``stateful``, ``return_sequences`` and ``return_state``.
     name : str, optional
+
+    Notes
+    -----
+    Threads: a stateful wrapper serialises concurrent calls with a lock of its own around both directions'
+    calls (and :meth:`reset_states`, :attr:`states`), so the two directions' states always come from the same
+    calls. Copies (``copy.deepcopy``, ``pickle``) hold the three layers as :class:`tvm_gru.GRU` copies them
+    (weights, states), taken together under that lock.
     """
+
+    _LAYERS = ("layer", "forward_layer", "backward_layer")
 
     def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, name=None):
         if not isinstance(layer, GRU):
@@ -76,6 +87,7 @@ class Bidirectional:
             _COUNTER[0] += 1
             name = "bidirectional" if _COUNTER[0] == 1 else f"bidirectional_{_COUNTER[0] - 1}"
         self.name, self.merge_mode, self.layer = name, merge_mode, layer
+        self._lock = threading.Lock()  # stateful: both directions' calls as one
         self.forward_layer = _copy(layer, False, f"forward_{layer.name}")
         if backward_layer is None:
             self.backward_layer = _copy(layer, True, f"backward_{layer.name}")
@@ -180,6 +192,12 @@ class Bidirectional:
         The merged output: (B, T, 2H) for ``concat`` with ``return_sequences`` (else (B, 2H)), (.., H) for
         ``sum``/``ave``/``mul``, ``[y, y_rev]`` for None; with ``return_state`` followed by both final states.
         """
+        if self.stateful:  # both directions' states advance by the same calls, one caller at a time
+            with self._lock:
+                return self._call(inputs, mask, training, initial_state)
+        return self._call(inputs, mask, training, initial_state)
+
+    def _call(self, inputs, mask, training, initial_state):
         inputs, initial_state = split_inputs(inputs, initial_state)
         fw_state = bw_state = None
         if initial_state is not None:
@@ -228,18 +246,37 @@ class Bidirectional:
         """Zero both directions' states (stateful), or set them to ``[h_forward, h_backward]``."""
         if not self.stateful:
             raise AttributeError("Layer must be stateful.")
-        if states is None:
-            self.forward_layer.reset_states()
-            self.backward_layer.reset_states()
-            return
-        if not isinstance(states, (list, tuple)) or len(states) != 2:
+        if states is not None and (not isinstance(states, (list, tuple)) or len(states) != 2):
             raise ValueError("`states` of a Bidirectional GRU must be a list of 2 states (forward, backward)")
-        self.forward_layer.reset_states(as_array("states", states[0]))
-        self.backward_layer.reset_states(as_array("states", states[1]))
+        with self._lock:
+            if states is None:
+                self.forward_layer.reset_states()
+                self.backward_layer.reset_states()
+                return
+            self.forward_layer.reset_states(as_array("states", states[0]))
+            self.backward_layer.reset_states(as_array("states", states[1]))
 
     @property
     def states(self) -> list:
-        return self.forward_layer.states + self.backward_layer.states
+        with self._lock:
+            return self.forward_layer.states + self.backward_layer.states
+
+    # ------------------------------------------------------------------ copies
+    def __getstate__(self) -> dict:
+        """The wrapper's attributes, with its three layers as their :meth:`GRU.__getstate__`."""
+        state = {key: value for key, value in self.__dict__.items() if key not in (*self._LAYERS, "_lock")}
+        with self._lock:  # both directions' states from between the same two calls
+            state.update({key: getattr(self, key).__getstate__() for key in self._LAYERS})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        for key in self._LAYERS:
+            layer = GRU.__new__(GRU)
+            layer.__setstate__(state.pop(key))
+            setattr(self, key, layer)
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write both directions as one ONNX GRU node with ``direction="bidirectional"``.

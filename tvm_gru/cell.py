@@ -8,6 +8,7 @@ Keras-compatible.
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 
@@ -15,8 +16,9 @@ import numpy as np
 
 from . import constraints, initializers, regularizers, targets
 from .config import GRUConfig, StepSpec, check_positive_int, check_weight_dtype
-from .inputs import as_array, check_index_range, check_step_args, check_training, kernel_view
+from .inputs import as_array, check_index_range, check_step_args, kernel_view
 from .packing import check_storable, pack_weights
+from .runtime.layer_calls import check_training
 
 __all__ = ["GRUCell"]
 
@@ -41,6 +43,12 @@ def constructor_kwargs(cls, config: dict, target=None) -> dict:
     if target is not None:
         cfg["target"] = target
     return cfg
+
+
+def target_spec(target) -> dict:
+    """``target`` (a ``tvm.target.Target``) as the plain dict :func:`tvm_gru.targets.resolve` rebuilds it from:
+    what a pickled cell or layer holds instead of the TVM object."""
+    return json.loads(str(target))
 
 
 def _physical_memory() -> int:
@@ -101,6 +109,15 @@ class GRUCell:
         rounded to the nearest half once, at ``set_weights``/``build``, and widened to float32 before its
         multiply-add (inputs, states, bias, accumulation and gate math stay float32). ``get_weights()`` returns
         the float32 weights as set; ``get_config()`` lists ``weight_dtype`` only when it is not the default.
+
+    Notes
+    -----
+    ``copy.deepcopy`` and ``pickle`` copy a cell through its constructor arguments (the initializer,
+    regularizer and constraint objects themselves, so custom ones survive; the target as a dict), its weights
+    (as set: constraints are not applied again) and its random generator's position and cached dropout masks,
+    so the copy computes the same numbers and draws the dropout masks the original would draw next. Compiled
+    kernels are not copied: the copy compiles (or loads from the compile cache) on its first call. The copy is
+    independent: setting its weights leaves the original unchanged.
     """
 
     def __init__(self, units, activation="tanh", recurrent_activation="hard_sigmoid", use_bias=True,
@@ -243,6 +260,38 @@ class GRUCell:
         for runner in self._runners.values():
             runner.set_weights(self._packed.values())
         self._fast = None  # it is bound to the old weights' tensors; the next call takes the checked path once
+
+    # ------------------------------------------------------------------ copies
+    def _constructor_args(self) -> dict:
+        """Keyword arguments that construct an unbuilt copy of this cell: :meth:`get_config` with the live
+        initializer, regularizer and constraint objects (a custom object has no config to rebuild it from)."""
+        args = self.get_config()
+        args.pop("trainable")
+        args.update({key: getattr(self, key) for key in _SERIAL}, target=target_spec(self.target))
+        return args
+
+    def __getstate__(self) -> dict:
+        """Constructor arguments, weights, RNG position and dropout masks; no compiled kernel (see Notes)."""
+        weights = None
+        if self.built:
+            weights = {"input_dim": self.input_dim, "kernel": self.kernel,
+                       "recurrent_kernel": self.recurrent_kernel, "bias": self.bias}
+        return {"args": self._constructor_args(), "weights": weights, "rng": self._rng.bit_generator.state,
+                "masks": dict(self._masks)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["args"])  # validates the arguments again and starts with no compiled kernel
+        weights = state["weights"]
+        if weights is not None:  # as set, not through set_weights: constraints were applied when they were set
+            dt = self.config.dtype
+            self.input_dim = int(weights["input_dim"])
+            self.kernel = np.array(weights["kernel"], dt)
+            self.recurrent_kernel = np.array(weights["recurrent_kernel"], dt)
+            self.bias = None if weights["bias"] is None else np.array(weights["bias"], dt)
+            self.built = True
+            self._repack()
+        self._rng.bit_generator.state = state["rng"]
+        self._masks = {kind: None if m is None else np.array(m) for kind, m in state["masks"].items()}
 
     def _require_built(self, what: str) -> None:
         if not self.built:

@@ -12,6 +12,7 @@ from .runtime.arrays import as_array, device_name  # noqa: E402, F401  (shared w
 # Compiled kernels index their buffers with 32-bit integers: no buffer may hold more elements, or an index would
 # wrap around and read or write out of bounds.
 from .runtime.layer_calls import INDEX_LIMIT  # noqa: E402
+from .runtime.layer_calls import check_training  # noqa: E402, F401  (one check, shared with the runtime)
 
 
 def check_index_range(what: str, elements: int, hint: str = "") -> None:
@@ -22,16 +23,6 @@ def check_index_range(what: str, elements: int, hint: str = "") -> None:
     if elements > INDEX_LIMIT:
         raise ValueError(f"{what} is too large: a kernel buffer would hold {elements:,} elements, and compiled "
                          f"kernels index with 32-bit integers (at most {INDEX_LIMIT:,}){hint}")
-
-
-def check_training(training):
-    """``training`` as None or a bool: Python/numpy bools, 0/1 and None; anything else is refused."""
-    if training is None or isinstance(training, (bool, np.bool_)):
-        return None if training is None else bool(training)
-    if isinstance(training, (int, np.integer)) and training in (0, 1):
-        return bool(training)
-    raise TypeError(f"`training` must be None, True or False; received {training!r} of type "
-                    f"{type(training).__name__}")
 
 
 def kernel_view(array: np.ndarray, dtype) -> np.ndarray:

@@ -56,10 +56,17 @@ class OutputPool:
                 return out, out_t
         out = np.empty(self.shape, self.dtype)
         entry = (out, tvm_ffi.from_dlpack(out))
-        if len(self._pool) == self.size:
-            del self._wrapped[id(self._pool.pop(0)[0])]
-        self._pool.append(entry)
+        # Callers in other threads may take and evict at the same time (no lock: the cell and a layer that is
+        # not stateful are shared as they are): register the entry before another eviction can reach it, and
+        # let each take evict at most one entry (held while its wrapper is dropped, so its id is not reused).
         self._wrapped[id(out)] = entry[1]
+        self._pool.append(entry)
+        if len(self._pool) > self.size:
+            try:
+                evicted = self._pool.pop(0)
+            except IndexError:  # other threads' evictions emptied the pool meanwhile
+                return entry
+            self._wrapped.pop(id(evicted[0]), None)
         return entry
 
     def tensor_of(self, array, default=None):

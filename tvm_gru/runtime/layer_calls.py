@@ -7,7 +7,8 @@ bundled runtime: it imports numpy only.
 
 A class using :class:`SequenceLayerCalls` provides ``units``, ``dtype``, ``name``, ``time_major``,
 ``stateful``, ``return_sequences``, ``return_state``, ``_states`` (None or the two (B, H) state buffers: the
-current one first) and ``_array(name, value)`` (a host numpy view of an array or DLPack tensor, or a
+current one first), ``_lock`` (a ``threading.Lock`` that every read-compute-write of ``_states`` holds: see
+:class:`SequenceLayerCalls`) and ``_array(name, value)`` (a host numpy view of an array or DLPack tensor, or a
 ``TypeError`` naming ``name``); it may override ``_check_batch(batch)``.
 """
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SequenceLayerCalls", "INDEX_LIMIT", "max_steps", "check_steps", "kernel_view", "split_inputs"]
+__all__ = ["SequenceLayerCalls", "INDEX_LIMIT", "max_steps", "check_steps", "kernel_view", "split_inputs",
+           "check_training", "check_inference_training", "NotCopyable"]
 
 # What SequenceLayerCalls._plain_initial returns for an initial state the fast paths do not take.
 NOT_PLAIN = object()
@@ -46,6 +48,53 @@ def kernel_view(array: np.ndarray, dtype) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
+def check_training(training):
+    """``training`` as None or a bool: Python/numpy bools, 0/1 and None; anything else is refused.
+
+    The one check of the ``training`` argument, for the in-process cell and layer and the deployed ones.
+    """
+    if training is None or isinstance(training, (bool, np.bool_)):
+        return None if training is None else bool(training)
+    if isinstance(training, (int, np.integer)) and training in (0, 1):
+        return bool(training)
+    raise TypeError(f"`training` must be None, True or False; received {training!r} of type "
+                    f"{type(training).__name__}")
+
+
+def check_inference_training(training, config: dict, what: str, trainer: str):
+    """``training`` of a deployed (inference-only) cell or layer, checked by :func:`check_training`.
+
+    ``training=True`` with ``dropout`` or ``recurrent_dropout`` > 0 in ``config`` raises ``ValueError``: Keras
+    would apply dropout, the artifact has no dropout kernels, and the no-dropout numbers would silently not be
+    what was asked for. With both rates 0, ``training`` changes nothing, as in Keras. ``what`` names the object
+    ("cell", "GRU layer"), ``trainer`` the in-process class to train with.
+    """
+    training = check_training(training)
+    dropout, recurrent = config.get("dropout", 0.0), config.get("recurrent_dropout", 0.0)
+    if training and (dropout > 0 or recurrent > 0):
+        raise ValueError(f"`training`=True: this deployed {what} is inference-only: it was exported with dropout="
+                         f"{dropout}, recurrent_dropout={recurrent}, which apply only in training, and the artifact "
+                         f"has no dropout kernels. Call it with training=False or None (the Keras inference "
+                         f"result), or train with {trainer}")
+    return training
+
+
+class NotCopyable:
+    """Deployed cells and layers refuse ``pickle``, ``copy.copy`` and ``copy.deepcopy`` with a ``TypeError``.
+
+    They hold a native library opened from a folder that :func:`~.artifact.load` verified. A pickle could only
+    name that folder, whose contents may differ (or be missing) wherever and whenever it is unpickled; a copy
+    would share the library. Loading the folder again is the explicit, verified way to get another one.
+    """
+
+    def __reduce_ex__(self, protocol):
+        name = type(self).__name__
+        raise TypeError(f"a {name} cannot be pickled or copied: it holds the native kernels loaded from a "
+                        f"verified artifact folder. Pass the artifact's path instead and call tvm_gru.load(path) "
+                        f"(it verifies the folder again) where you need a {name}; each load is independent "
+                        f"(its own state, for a stateful layer)")
+
+
 def split_inputs(inputs, initial_state):
     """Keras accepts ``[inputs, *initial_states]``: return ``(inputs, initial_state)``."""
     if isinstance(inputs, (list, tuple)):
@@ -60,7 +109,13 @@ def split_inputs(inputs, initial_state):
 
 
 class SequenceLayerCalls:
-    """Keras GRU layer state handling and argument checks (see the module docstring for what it needs)."""
+    """Keras GRU layer state handling and argument checks (see the module docstring for what it needs).
+
+    A stateful layer may be shared between threads: each call reads the carried state, runs the kernel and
+    swaps in the new state while holding ``_lock``, as do :meth:`reset_states` and :attr:`states`, so
+    concurrent calls run one after the other (in an order the threads do not control) and no update is lost.
+    Calls of a layer that is not stateful take no lock: they share nothing a caller sees.
+    """
 
     def _check_batch(self, batch: int) -> None:
         """Refuse a batch size the layer cannot run (the deployed layer has kernels for a fixed list)."""
@@ -76,7 +131,8 @@ class SequenceLayerCalls:
     @property
     def states(self) -> list:
         """Stateful layers: ``[state (B, H)]`` (a copy) once the batch size is known; otherwise ``[None]``."""
-        return [None] if self._states is None else [self._states[0].copy()]
+        with self._lock:  # not a buffer a concurrent call is swapping or writing
+            return [None] if self._states is None else [self._states[0].copy()]
 
     def get_initial_state(self, inputs) -> np.ndarray:
         """Zeros (batch, units) for ``inputs`` of shape (batch, time, input_dim) (time-major: (time, batch, ...))."""
@@ -89,6 +145,10 @@ class SequenceLayerCalls:
         """Zero the state of a stateful layer, or set it to ``states`` (a (B, H) array or a list of one)."""
         if not self.stateful:
             raise AttributeError("Layer must be stateful.")
+        with self._lock:  # not between a concurrent call's read of the state and its write
+            self._reset_states(states)
+
+    def _reset_states(self, states) -> None:
         if states is None:
             if self._states is not None:
                 for s in self._states:
