@@ -69,3 +69,17 @@ def registered_servers(config) -> int:
         return config.count_num_servers()
     except ValueError:  # the tracker is still starting (importing TVM takes a while on a loaded machine)
         return 0
+
+
+@pytest.fixture
+def logs(tmp_path, monkeypatch):
+    """An empty tuning-log root (``$TVM_GRU_TUNING_LOGS``) used at compile time, and a private compile cache, so no
+    kernel compiled from other records is served from memory or disk."""
+    from tvm_gru import build  # noqa: PLC0415  (conftest imports no compiler at collection)
+
+    root = tmp_path / "logs"
+    monkeypatch.setenv("TVM_GRU_TUNING_LOGS", str(root))
+    monkeypatch.setenv("TVM_GRU_CACHE_DIR", str(tmp_path / "cache"))
+    build.clear_memory_cache()
+    yield root
+    build.clear_memory_cache()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tvm_gru import build, compute, targets, tune_measure, tune_space, tuning_db
+from tvm_gru import compute, targets, tune_measure, tune_space, tuning_db
 from tvm_gru.config import GRUConfig, StepSpec
 
 from conftest import tolerance
@@ -250,17 +250,6 @@ def test_runner_times_that_are_not_finite_and_positive_count_as_failures(caplog)
 
 
 # ---------------------------------------------------------------- end to end
-
-
-@pytest.fixture
-def logs(tmp_path, monkeypatch):
-    """A tuning-log root used by compile time, and a private compile cache (no old kernel served)."""
-    root = tmp_path / "logs"
-    monkeypatch.setenv("TVM_GRU_TUNING_LOGS", str(root))
-    monkeypatch.setenv("TVM_GRU_CACHE_DIR", str(tmp_path / "cache"))
-    build.clear_memory_cache()
-    yield root
-    build.clear_memory_cache()
 
 
 def _files_holding(folder: Path, text: str) -> list:

@@ -31,17 +31,6 @@ from conftest import free_port, registered_servers, tolerance
 SMALL = {"units": 16, "input_dim": 8, "batch": 1}
 
 
-@pytest.fixture
-def logs(tmp_path, monkeypatch):
-    """An empty tuning-log root used by compile time, and a private compile cache."""
-    root = tmp_path / "logs"
-    monkeypatch.setenv("TVM_GRU_TUNING_LOGS", str(root))
-    monkeypatch.setenv("TVM_GRU_CACHE_DIR", str(tmp_path / "cache"))
-    build.clear_memory_cache()
-    yield root
-    build.clear_memory_cache()
-
-
 def _spec(target, units=16, input_dim=8, batch=1, **config):
     cfg = GRUConfig(units, **config)
     return StepSpec(cfg, batch=batch, input_dim=input_dim, lanes=targets.lanes(target, cfg.dtype))
