@@ -165,7 +165,8 @@ def _bare_kernel(cell, case, cfg):
     """The compiled step kernel alone: preallocated tensors, no Python wrapper."""
     import tvm  # noqa: PLC0415
 
-    from tvm_gru import StepSpec, build, packing  # noqa: PLC0415
+    from tvm_gru import StepSpec, build
+    from tvm_gru.runtime import packing  # noqa: PLC0415
 
     spec = StepSpec(cell.config, batch=case.batch, input_dim=case.input_dim, lanes=cell.lanes)
     fn = build.compile_step(spec, cell.target)
@@ -223,7 +224,6 @@ def numpy_peers(case: Case, kind: str) -> dict:
 
 def onnxruntime_peers(case: Case, kind: str, threads: int) -> dict:
     try:
-        import onnx  # noqa: PLC0415
         import onnxruntime as ort  # noqa: PLC0415
         from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
     except ImportError:
@@ -231,7 +231,8 @@ def onnxruntime_peers(case: Case, kind: str, threads: int) -> dict:
     kernel, recurrent, bias = case.weights["v1"]
     B, I, H = case.batch, case.input_dim, case.units
     T = 1 if kind == "step" else SEQ_LEN
-    inits = [numpy_helper.from_array(kernel.T[None].copy(), "W"), numpy_helper.from_array(recurrent.T[None].copy(), "R"),
+    inits = [numpy_helper.from_array(kernel.T[None].copy(), "W"),
+             numpy_helper.from_array(recurrent.T[None].copy(), "R"),
              numpy_helper.from_array(np.r_[bias, np.zeros(3 * H, np.float32)][None], "B")]
     node = helper.make_node("GRU", ["X", "W", "R", "B", "", "h0"], ["Y", "Y_h"], hidden_size=H,
                             activations=["HardSigmoid", "Tanh"], activation_alpha=[0.2], activation_beta=[0.5],
@@ -424,7 +425,8 @@ def _reduction_kernel(nbytes: int, threads: int, streams: int = 4, repeats: int 
     sch.decompose_reduction(block, rr)
     target = targets.resolve(None)
     fn = tvm.compile(sch.mod, target=target).jit()["main"]
-    args = [tvm.runtime.tensor(np.ones((nb, depth, width), np.float32)), tvm.runtime.tensor(np.zeros((nb, width), np.float32))]
+    args = [tvm.runtime.tensor(np.ones((nb, depth, width), np.float32)),
+            tvm.runtime.tensor(np.zeros((nb, width), np.float32))]
     return fn, args, nb * depth * width * 4 * repeats
 
 
@@ -527,7 +529,7 @@ def write_outputs(out_dir: Path, rows: list, peak: float, threads: int, loads) -
         w.writeheader()
         w.writerows(rows)
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    lines = [f"# tvm_gru benchmark\n",
+    lines = ["# tvm_gru benchmark\n",
              f"{platform.processor() or platform.machine()}, {threads} threads, numpy SGEMM peak "
              f"{peak / 1e9:.0f} GFLOP/s, load average {loads[0][0]:.2f} before / {loads[1][0]:.2f} after. "
              f"Median of interleaved rounds, microseconds; shapes are batch x input_dim x units.\n"]
@@ -541,7 +543,8 @@ def write_outputs(out_dir: Path, rows: list, peak: float, threads: int, loads) -
                 cells.append("" if r is None else f"{r['median_us']:,.1f}")
             lines.append(f"| {peer} | " + " | ".join(cells) + " |")
         lines.append("| roofline | " + " | ".join(
-            f"{next(r['roofline_us'] for r in rows if r['kind'] == kind and r['shape'] == s):,.1f}" for s in shapes) + " |")
+            f"{next(r['roofline_us'] for r in rows if r['kind'] == kind and r['shape'] == s):,.1f}"
+            for s in shapes) + " |")
         lines += ["", f"tvm_gru as a fraction of the roofline / speed-up over onnxruntime, ratio of the medians "
                   f"(median of the per-round ratios) ({kind}):", "",
                   "| peer | " + " | ".join(shapes) + " |", "|---|" + "---:|" * len(shapes)]

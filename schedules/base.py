@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_gru.config import StepSpec
+from tvm_gru.ops.config import StepSpec
 
 __all__ = ["CPUStepConfig", "CPUStepRule", "check_one_region", "one_region_error", "get_extent"]
 
@@ -105,7 +105,7 @@ def _largest_divisor(n: int, candidates) -> int:
 
 
 class CPUStepRule:
-    """Schedules a :func:`tvm_gru.compute.step_primfunc` for a CPU with SIMD width ``spec.lanes``."""
+    """Schedules a :func:`tvm_gru.ops.compute.step_primfunc` for a CPU with SIMD width ``spec.lanes``."""
 
     max_accumulators = 12  # of 16 vector registers (AVX2): leave room for loads and broadcasts
     # Weight bytes per phase under which one core beats two (a parallel launch costs ~1.7 us here).

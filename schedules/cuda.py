@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from tvm_gru.compute import ANCHORS
-from tvm_gru.config import StepSpec
+from tvm_gru.ops.compute import ANCHORS
+from tvm_gru.ops.config import StepSpec
 
 __all__ = ["CUDAStepConfig", "CUDAStepRule", "RULES"]
 
@@ -48,7 +48,7 @@ class CUDAStepConfig:
 
 
 class CUDAStepRule:
-    """Schedules a :func:`tvm_gru.compute.step_primfunc` (V = 1 packing) for an NVIDIA GPU."""
+    """Schedules a :func:`tvm_gru.ops.compute.step_primfunc` (V = 1 packing) for an NVIDIA GPU."""
 
     def is_target(self, target) -> bool:
         return target.kind.name == "cuda"

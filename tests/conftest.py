@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,43 @@ def logs(tmp_path, monkeypatch):
     build.clear_memory_cache()
     yield root
     build.clear_memory_cache()
+
+
+def random_weights(config, input_dim, rng, scale=0.5):
+    """Keras-layout weights ``(kernel, recurrent_kernel, bias or None)`` uniform in [-scale, scale]."""
+    dt = config.dtype
+    k = rng.uniform(-scale, scale, (input_dim, 3 * config.units)).astype(dt)
+    r = rng.uniform(-scale, scale, (config.units, 3 * config.units)).astype(dt)
+    b = rng.uniform(-scale, scale, config.bias_shape).astype(dt) if config.use_bias else None
+    return k, r, b
+
+
+QEMU_CACHE = Path(os.environ.get("TVM_GRU_QEMU_CACHE", Path.home() / ".cache" / "tvm_gru_qemu"))
+
+
+def qemu_kit() -> Path:
+    """The aarch64 emulation kit (qemu-user, cross compiler, arm64 Python) of `.ci/setup_qemu.sh`: skipped without
+    it, failed in CI."""
+    ready = (QEMU_CACHE / ".complete-v1").exists() and shutil.which("qemu-aarch64") and shutil.which(
+        "aarch64-linux-gnu-g++")
+    if not ready:
+        msg = f"aarch64 emulation kit missing: run `bash .ci/setup_qemu.sh` (cache {QEMU_CACHE})"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return QEMU_CACHE
+
+
+def run_emulated(kit: Path, root: Path, script: str, cases: list, *extra) -> dict:
+    """Run ``script`` with the arm64 Python under qemu-aarch64 on ``cases`` (written to ``root/cases.json``);
+    it writes its results to ``root/out.npz``, returned as a dict. ``extra`` paths follow on its command line."""
+    (root / "cases.json").write_text(json.dumps(cases))
+    (root / "emulated.py").write_text(script)
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(kit / "site"), "PYTHONDONTWRITEBYTECODE": "1",
+           "TVM_NUM_THREADS": "2"}
+    cmd = ["qemu-aarch64", "-L", str(kit / "sysroot"), str(kit / "sysroot/usr/bin/python3.11"),
+           str(root / "emulated.py"), str(root / "cases.json"), str(root / "out.npz"), *map(str, extra)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, f"emulated run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    with np.load(root / "out.npz") as data:
+        return {k: data[k] for k in data.files}

@@ -8,22 +8,17 @@ float64 numpy reference.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import qemu_kit, run_emulated, tolerance
 
 import tvm_gru
-from tvm_gru import activations, reference
-from tvm_gru.export import export_cell
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import activations, reference
 
-from conftest import tolerance
-
-CACHE = Path(os.environ.get("TVM_GRU_QEMU_CACHE", Path.home() / ".cache" / "tvm_gru_qemu"))
 ACTS = activations.names()
 BATCHES = (1, 3)
 
@@ -52,17 +47,6 @@ except tvm_gru_runtime.ArtifactError as err:
 results["modules"] = np.array(sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")))
 np.savez(sys.argv[2], **results)
 """
-
-
-def _kit():
-    ready = (CACHE / ".complete-v1").exists() and shutil.which("qemu-aarch64") and shutil.which(
-        "aarch64-linux-gnu-g++")
-    if not ready:
-        msg = f"aarch64 emulation kit missing: run `bash .ci/setup_qemu.sh` (cache {CACHE})"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return CACHE
 
 
 def _configs():
@@ -94,7 +78,7 @@ def _make_cell(spec: dict, seed: int):
 
 @pytest.fixture(scope="module")
 def emulated_run(tmp_path_factory):
-    kit = _kit()
+    kit = qemu_kit()
     root = tmp_path_factory.mktemp("qemu")
     cases, expected = [], {}
     rng = np.random.default_rng(0)
@@ -116,21 +100,6 @@ def emulated_run(tmp_path_factory):
     blob[-1] ^= 0xFF
     (tampered / "kernel.so").write_bytes(blob)
     return cases, expected, run_emulated(kit, root, EMULATED, cases, tampered)
-
-
-def run_emulated(kit: Path, root: Path, script: str, cases: list, *extra) -> dict:
-    """Run ``script`` with the arm64 Python under qemu-aarch64 on ``cases`` (written to ``root/cases.json``);
-    it writes its results to ``root/out.npz``, returned as a dict. ``extra`` paths follow on its command line."""
-    (root / "cases.json").write_text(json.dumps(cases))
-    (root / "emulated.py").write_text(script)
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(kit / "site"), "PYTHONDONTWRITEBYTECODE": "1",
-           "TVM_NUM_THREADS": "2"}
-    cmd = ["qemu-aarch64", "-L", str(kit / "sysroot"), str(kit / "sysroot/usr/bin/python3.11"),
-           str(root / "emulated.py"), str(root / "cases.json"), str(root / "out.npz"), *map(str, extra)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert proc.returncode == 0, f"emulated run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    with np.load(root / "out.npz") as data:
-        return {k: data[k] for k in data.files}
 
 
 def test_artifacts_are_aarch64(emulated_run):
@@ -168,7 +137,7 @@ def test_footprint_under_10_mb(emulated_run):
     art = Path(next(c["artifact"] for c in cases if c["name"] == "v1_default_256"))
     native = sum(f.stat().st_size for f in [art / "kernel.so", *(art / "lib").iterdir()])
     python = (art / "python" / "tvm_gru_runtime.zip").stat().st_size  # the bundled loader
-    wheel = next((CACHE / "wheels").glob("apache_tvm_ffi-*aarch64*.whl")).stat().st_size
+    wheel = next((qemu_kit() / "wheels").glob("apache_tvm_ffi-*aarch64*.whl")).stat().st_size
     total = native + python + wheel
     print(f"aarch64 footprint: kernel+runtime libs {native / 1e6:.2f} MB, runtime loader zip {python / 1e3:.0f} kB, "
           f"apache-tvm-ffi wheel {wheel / 1e6:.2f} MB, total {total / 1e6:.2f} MB")
@@ -182,7 +151,7 @@ def test_neon_code_generated():
     import tvm  # noqa: PLC0415
 
     from tvm_gru import GRUConfig, StepSpec, targets  # noqa: PLC0415
-    from tvm_gru.build import scheduled_module  # noqa: PLC0415
+    from tvm_gru.build.step import scheduled_module  # noqa: PLC0415
 
     target = targets.resolve({"name": "aarch64", "mcpu": "cortex-a72"})
     for config in (GRUConfig(256), GRUConfig(256, reset_after=True, implementation=2)):

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tolerance
-from test_arm_qemu import _kit, run_emulated
-from test_sequence_reference import keras_rnn
+from conftest import qemu_kit, run_emulated, tolerance
 
 import tvm_gru
+from tvm_gru.ops.reference import keras_rnn
 from tvm_gru.runtime.artifact import ArtifactError, load
 
 # Runs inside the emulated arm64 Python. Each case lists calls: {"inputs", "mask"?, "h0"?} or a stream of chunks.
@@ -102,7 +101,7 @@ def _oracle(layer, x, h0=None, mask=None):
 
 @pytest.fixture(scope="module")
 def emulated_run(tmp_path_factory):
-    kit = _kit()
+    kit = qemu_kit()
     root = tmp_path_factory.mktemp("qemu_layer")
     rng = np.random.default_rng(0)
     cases, expected, layers = [], {}, {}
@@ -193,7 +192,8 @@ def test_layer_artifact_sizes(emulated_run):
     """Report what a layer artifact weighs on the board (kernel + runtime lib + weights + loader)."""
     cases, _, _, _ = emulated_run
     art = Path(cases[0]["artifact"])
-    sizes = {rel: (art / rel).stat().st_size for rel in json.loads((art / "tvm_gru_artifact.json").read_text())["files"]}
+    listed = json.loads((art / "tvm_gru_artifact.json").read_text())["files"]
+    sizes = {rel: (art / rel).stat().st_size for rel in listed}
     total = sum(sizes.values())
     print(f"aarch64 layer artifact (128 units, 64 inputs, batch 1 and 3, masked + plain): "
           f"{total / 1e6:.2f} MB: " + ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in sizes.items() if v > 20e3))

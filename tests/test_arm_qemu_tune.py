@@ -24,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, registered_servers, tolerance
 
 import tvm_gru
-from tvm_gru import build, cli, compute, reference, targets, tune_space, tuning_db
-from tvm_gru.config import GRUConfig, StepSpec
-from tvm_gru.export import export_cell
-
-from conftest import free_port, registered_servers, tolerance
+from tvm_gru import build, cli, targets
+from tvm_gru.build import records as tuning_db
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import compute, reference
+from tvm_gru.ops.config import GRUConfig, StepSpec
+from tvm_gru.tuning import space as tune_space
 
 CACHE = Path(os.environ.get("TVM_GRU_QEMU_CACHE", Path.home() / ".cache" / "tvm_gru_qemu"))
 TVM_VERSION = "0.27.0.post1"
@@ -54,7 +56,7 @@ print("modules:", sorted(m for m in sys.modules if m == "tvm" or m.startswith("t
 """
 
 
-def _kit():
+def rpc_kit():
     missing = [str(p) for p in (CACHE / ".complete-v1", RPC_SITE.parent / ".complete-v1", PYTHON) if not p.exists()]
     missing += [tool for tool in ("qemu-aarch64", "aarch64-linux-gnu-g++") if shutil.which(tool) is None]
     if missing:
@@ -103,7 +105,7 @@ def _tracker_and_emulated_server(tmp_path):
 
 
 def test_tune_aarch64_over_rpc_with_an_emulated_server(tmp_path, capsys, monkeypatch):
-    _kit()
+    rpc_kit()
     target = targets.resolve("aarch64")
     log_dir = tmp_path / "logs"
     argv = ["tune", "--target", "aarch64", "--units", str(SHAPE["units"]), "--input-dim", str(SHAPE["input_dim"]),

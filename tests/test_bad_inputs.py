@@ -1,4 +1,4 @@
-"""Each bad input of semantics.md section 8 gets a clear error naming the argument; the cell keeps working."""
+"""Each bad input of the TF v1 cell's bad-input list gets a clear error naming the argument; the cell keeps working."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru import reference
+from tvm_gru.ops import reference
 
 
 @pytest.mark.parametrize("units, exc, match", [
@@ -112,7 +112,7 @@ def test_nan_and_inf_propagate_like_the_reference(built):
 # Compiled kernels index their buffers with int32: sizes past 2**31 - 1 elements are refused by name, before any
 # allocation (the inputs below are zero-stride views: no memory behind them).
 def test_weights_past_32_bit_indexing_are_refused(monkeypatch):
-    from tvm_gru import cell as cell_module
+    from tvm_gru.layers import cell as cell_module
 
     monkeypatch.setattr(cell_module, "_physical_memory", lambda: 1 << 50)  # a machine where they would fit
     cell = tvm_gru.GRUCell(30000)

@@ -1,4 +1,4 @@
-"""Bad inputs across the whole public API, in one table (issue 6).
+"""Bad inputs across the whole public API, in one table.
 
 Every row of ``RAISES`` is one bad input: a callable that triggers it, the exception it must raise, and a regex
 the message must match, naming the argument and what was expected or received. ``tests/test_bad_inputs.py``
@@ -8,7 +8,7 @@ API: cell build/set_weights/from_config/call extras, the GRU layer, ONNX import,
 After every row, the shared cell, layer, stateful layer and deployed artifact must still give the numpy
 reference's results with the weights they had before (a failed call changes nothing).
 
-``WORKS`` holds inputs that look bad but must work: NaN/Inf/huge values propagate like ``tvm_gru.reference``;
+``WORKS`` holds inputs that look bad but must work: NaN/Inf/huge values propagate like ``tvm_gru.ops.reference``;
 non-contiguous, read-only, Fortran-ordered, reversed, byte-swapped, misaligned, broadcast and DLPack arrays give
 the reference's numbers.
 """
@@ -29,8 +29,9 @@ from conftest import tolerance
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_gru
-from tvm_gru import cli, reference
-from tvm_gru.export import export_cell
+from tvm_gru import cli
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import reference
 from tvm_gru.runtime.artifact import METADATA, ArtifactError
 
 B, I, H = 4, 5, 7          # the shared cell

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GOLDENS
 
 import tvm_gru
-from tvm_gru import constraints, initializers, reference, regularizers
-from conftest import GOLDENS, tolerance
+from tvm_gru.keras_objects import constraints, regularizers
+from tvm_gru.ops import reference
 
 KERAS_CONFIGS = {e["name"]: e for e in json.loads((GOLDENS / "keras_configs.json").read_text())}
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tvm_gru import constraints as C
+from tvm_gru.keras_objects import constraints as C
 
 EPS = 1e-7
 

@@ -47,7 +47,7 @@ def has_gpu() -> bool:
 
 def build_cases(root: Path, arch: str = "sm_80", names=None) -> Path:
     """Export every case's CUDA artifact to ``root/<name>``."""
-    from tvm_gru.export import export_cell  # noqa: PLC0415
+    from tvm_gru.deploy.export import export_cell  # noqa: PLC0415
 
     root.mkdir(parents=True, exist_ok=True)
     for i, (name, cfg, input_dim, batches) in enumerate(CASES):
@@ -74,7 +74,7 @@ def built(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["sigmoid_ra", "v1_default"])
 def test_cuda_artifact_embeds_a_binary_not_source(built, name):
-    from tvm_gru.cuda_toolchain import embedded_binary_kind  # noqa: PLC0415
+    from tvm_gru.deploy.toolchains import embedded_binary_kind  # noqa: PLC0415
 
     art = built / name
     meta = json.loads((art / "tvm_gru_artifact.json").read_text())
@@ -93,8 +93,8 @@ def test_cuda_kernel_structure(reset_after, launches, implementation):
     import tvm  # noqa: PLC0415
 
     from tvm_gru import GRUConfig, StepSpec, targets  # noqa: PLC0415
-    from tvm_gru.build import scheduled_module  # noqa: PLC0415
-    from tvm_gru.cuda_toolchain import cuda_compile_env  # noqa: PLC0415
+    from tvm_gru.build.step import scheduled_module  # noqa: PLC0415
+    from tvm_gru.deploy.toolchains import cuda_compile_env  # noqa: PLC0415
 
     target = targets.resolve({"name": "cuda", "arch": "sm_80"})
     cfg = GRUConfig(units=96, reset_after=reset_after, implementation=implementation)
@@ -137,7 +137,8 @@ def bundle(tmp_path_factory):
 
 
 def _reference(cell, x, h):
-    from tvm_gru import GRUConfig, reference  # noqa: PLC0415
+    from tvm_gru import GRUConfig
+    from tvm_gru.ops import reference  # noqa: PLC0415
 
     return reference.step(GRUConfig(**cell.config), x, h, *cell.get_weights())
 

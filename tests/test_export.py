@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru import api, reference
-from tvm_gru.export import export_cell
+from tvm_gru.build import modules as api
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import reference
 from tvm_gru.runtime.artifact import FORMAT_VERSION, METADATA, ArtifactError, load, verify
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -206,9 +207,9 @@ def test_cli_export_aarch64_seeded_cell(tmp_path, capsys):
 
 
 def test_cli_export_from_onnx(tmp_path):
-    onnx_io = pytest.importorskip("tvm_gru.onnx_io")
+    onnx_io = pytest.importorskip("tvm_gru.interop.onnx_io")
     if not hasattr(onnx_io, "cell_to_onnx"):
-        pytest.skip("tvm_gru.onnx_io.cell_to_onnx not available")
+        pytest.skip("tvm_gru.interop.onnx_io.cell_to_onnx not available")
     from tvm_gru import cli  # noqa: PLC0415
 
     cell = _cell(units=10, input_dim=5)

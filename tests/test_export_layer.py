@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_tampered_kernel_refused, tolerance
-from test_sequence_reference import keras_rnn
 
 import tvm_gru
-from tvm_gru.export import export_cell, export_layer
+from tvm_gru.deploy.export import export_cell, export_layer
+from tvm_gru.ops.reference import keras_rnn
 from tvm_gru.runtime.artifact import FORMAT_VERSION, KIND_VERSIONS, METADATA, ArtifactError, load, verify
 from tvm_gru.runtime.deployed_layer import DeployedGRU
 
@@ -146,7 +146,7 @@ def test_deployed_frames_on_the_step_kernel(tmp_path, monkeypatch, reset_after):
     """A streaming layer's artifact carries the step kernel for single frames where the rule runs them on it
     (forced here at a small shape); the deployed layer runs frames on it, with R_h rebuilt block-major, to the
     numbers of one whole-sequence call."""
-    from tvm_gru.schedules.sequence import CPUSequenceRule
+    from tvm_gru.schedules.sequence_rules import CPUSequenceRule
 
     monkeypatch.setattr(CPUSequenceRule, "frame_step_min_bytes", 0)
     ran = []
@@ -398,7 +398,7 @@ def test_cli_export_seeded_layer_flags(tmp_path):
 
 
 def test_cli_export_layer_from_onnx(tmp_path):
-    onnx_io = pytest.importorskip("tvm_gru.onnx_io")
+    onnx_io = pytest.importorskip("tvm_gru.interop.onnx_io")
     pytest.importorskip("onnx")
     from tvm_gru import cli  # noqa: PLC0415
 

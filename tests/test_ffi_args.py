@@ -11,12 +11,11 @@ import weakref
 
 import numpy as np
 import pytest
+from conftest import tolerance
 
 import tvm_gru
-from tvm_gru import reference
+from tvm_gru.ops import reference
 from tvm_gru.runtime.ffi_args import OutputPool, SequenceOutputs
-
-from conftest import tolerance
 
 
 def test_pool_recycles_only_dropped_arrays():

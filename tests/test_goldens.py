@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import load_goldens, tolerance
 
 import tvm_gru
-from tvm_gru import reference
-from conftest import load_goldens, tolerance
+from tvm_gru.ops import reference
 
 META, DATA = load_goldens()
 CASES = META["cases"]

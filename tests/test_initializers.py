@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tvm_gru import initializers as I
+from tvm_gru.keras_objects import initializers as I
 
 SHAPE = (400, 600)  # fan_in=400, fan_out=600; 240k samples
 N = SHAPE[0] * SHAPE[1]

@@ -11,10 +11,10 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import tolerance
-from test_sequence_reference import keras_rnn
 
-from tvm_gru.cell import GRUCell
-from tvm_gru.layer import GRU
+from tvm_gru.layers.cell import GRUCell
+from tvm_gru.layers.gru import GRU
+from tvm_gru.ops.reference import keras_rnn
 
 SEQ_CASES = ["default_seq12", "seq12_ra1", "seq12_sigmoid_tanh_ra1_impl2", "seq12_relu", "seq12_nobias_impl2",
              "seq12_elu_softsign", "large_ra0_impl2_seq12", "large_ra1_impl2_seq12"]
@@ -145,7 +145,7 @@ def test_frames_on_the_step_kernel(monkeypatch, reset_after, time_major):
     small shape): the same numbers as one whole-sequence call, with the carried state, an initial_state
     override, strided frames (the checked path), reset_states and new weights."""
     from tvm_gru.runtime.step import StepRunner
-    from tvm_gru.schedules.sequence import CPUSequenceRule
+    from tvm_gru.schedules.sequence_rules import CPUSequenceRule
 
     monkeypatch.setattr(CPUSequenceRule, "frame_step_min_bytes", 0)
     ran = []
@@ -189,8 +189,9 @@ def test_frames_on_the_step_kernel(monkeypatch, reset_after, time_major):
 
 def test_frames_on_the_step_kernel_only_where_the_weights_stream_from_l3():
     from tvm_gru import targets
-    from tvm_gru.config import GRUConfig
-    from tvm_gru.sequence import SequenceSpec, frames_on_step_kernel
+    from tvm_gru.build.sequence import frames_on_step_kernel
+    from tvm_gru.ops.config import GRUConfig
+    from tvm_gru.ops.sequence import SequenceSpec
 
     x86 = targets.resolve({"name": "x86", "num-cores": 2})
     arm = targets.resolve({"name": "aarch64", "num-cores": 4})

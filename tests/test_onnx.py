@@ -11,10 +11,10 @@ import pytest
 from conftest import tolerance
 from onnx import TensorProto, helper, numpy_helper
 
-from tvm_gru.bidirectional import Bidirectional
-from tvm_gru.cell import GRUCell
-from tvm_gru.layer import GRU
-from tvm_gru.onnx_io import cell_to_onnx, from_onnx, lengths_to_mask, run_onnx
+from tvm_gru.interop.onnx_io import cell_to_onnx, from_onnx, lengths_to_mask, run_onnx
+from tvm_gru.layers.bidirectional import Bidirectional
+from tvm_gru.layers.cell import GRUCell
+from tvm_gru.layers.gru import GRU
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tvm_gru import regularizers as R
+from tvm_gru.keras_objects import regularizers as R
 
 # sum(|W|) = 10, sum(W**2) = 30
 W = np.array([[1.0, -2.0], [3.0, -4.0]], dtype=np.float32)

@@ -6,13 +6,12 @@ import os
 import threading
 
 import numpy as np
-import pytest
+from conftest import tolerance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tvm_gru
-from tvm_gru import activations, reference
-from conftest import tolerance
+from tvm_gru.ops import activations, reference
 
 
 def test_one_cell_from_eight_threads():

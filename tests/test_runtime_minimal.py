@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru import reference
-from tvm_gru.export import export_cell
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import reference
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tolerance  # noqa: E402

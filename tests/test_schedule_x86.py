@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import tvm
 
-from tvm_gru import GRUConfig, StepSpec, compute, packing, reference, targets
+from tvm_gru import GRUConfig, StepSpec, targets
 from tvm_gru.build import scheduled_module
+from tvm_gru.ops import compute, reference
+from tvm_gru.runtime import packing
 from tvm_gru.schedules.base import CPUStepConfig
 from tvm_gru.schedules.x86 import X86StepRule
 
@@ -144,7 +146,7 @@ def test_one_core_target_never_goes_parallel():
 
 
 def _lowered(spec, knobs=None) -> str:
-    from tvm.s_tir.pipeline import default_s_tir_pipeline, finalize_host_passes
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
 
     mod = tvm.tirx.transform.BindTarget(TARGET.with_host(TARGET))(scheduled_module(spec, TARGET, knobs))
     pipeline, host_passes, _ = default_s_tir_pipeline()
@@ -222,9 +224,10 @@ def test_default_parallel_step_gives_the_same_output_every_call(shape):
 
 def test_tuning_records_with_a_one_tile_region_are_not_applied():
     # Records tuned before check_one_region existed replay their trace without it: lookup leaves them out.
-    from tvm_gru.tuning_db import one_region_hazard
+    from tvm_gru.build.records import one_region_hazard
 
-    knobs = "unit_blocks=4, candidate_blocks={}, batch_tile=1, parallel=True, one_region={}, batch_inner=False, unroll=16"
+    knobs = ("unit_blocks=4, candidate_blocks={}, batch_tile=1, parallel=True, one_region={}, batch_inner=False, "
+             "unroll=16")
     func = compute.step_primfunc(_spec(1, 40, 64))  # 8 unit blocks
     assert one_region_hazard(knobs.format(8, True), func)
     assert not one_region_hazard(knobs.format(4, True), func)

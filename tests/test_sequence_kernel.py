@@ -1,4 +1,5 @@
-"""The whole-sequence kernel (tvm_gru.sequence + schedules/sequence.py) against the float64 Keras RNN oracle.
+"""The whole-sequence kernel (tvm_gru.ops.sequence + schedules/sequence_rules.py and sequence_emitter.py) against
+the float64 Keras RNN oracle.
 
 Shapes are small but exercise every edge of the schedule: units not a multiple of the SIMD width (padded
 lanes), unit and batch tails of the register tiles, one and two parts (the two-thread code path with its
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tolerance
-from test_sequence_reference import keras_rnn, random_weights
+from conftest import random_weights, tolerance
 
 from tvm_gru import targets
-from tvm_gru.config import GRUConfig
-from tvm_gru.schedules.sequence import CPUSequenceRule, SequenceSchedule
-from tvm_gru.sequence import SequenceSpec, compile_sequence, pack_sequence_weights, padded_recurrent_mask
+from tvm_gru.build.sequence import compile_sequence
+from tvm_gru.ops.config import GRUConfig
+from tvm_gru.ops.reference import keras_rnn
+from tvm_gru.ops.sequence import SequenceSpec, pack_sequence_weights, padded_recurrent_mask
+from tvm_gru.schedules.sequence_rules import CPUSequenceRule, SequenceSchedule
 
 
 def _run(spec, schedule, *, steps, reverse=False, seed=0, mask=None, input_masks=None, recurrent_masks=None):

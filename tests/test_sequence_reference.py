@@ -3,46 +3,17 @@
 ``keras_rnn`` follows tf_keras ``backend.rnn``: a masked step keeps the previous state and repeats the
 previous *output* (zeros before the first valid step), or outputs zeros with ``zero_output_for_mask``;
 ``go_backwards`` reverses inputs and mask and returns outputs in processing order. Each step is
-:func:`tvm_gru.reference.step`, so this file adds only the loop semantics.
+:func:`tvm_gru.ops.reference.step`, so this file adds only the loop semantics.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from conftest import random_weights
 
-from tvm_gru import reference
-from tvm_gru.config import GRUConfig
-
-
-def keras_rnn(config, xs, h0, kernel, recurrent_kernel, bias=None, mask=None, zero_output_for_mask=False,
-              go_backwards=False, input_masks=None, recurrent_masks=None):
-    """Run the v1 cell over time-major ``xs`` (T, B, I) from ``h0`` (B, H).
-
-    ``mask`` is (T, B) bool. Returns ``(outputs (T, B, H) in processing order, final state (B, H))``.
-    """
-    xs = np.asarray(xs, np.float64)
-    steps, batch = xs.shape[:2]
-    h = np.asarray(h0, np.float64)
-    valid = np.ones((steps, batch), bool) if mask is None else np.asarray(mask, bool)
-    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
-    prev_out = np.zeros_like(h)
-    outs = []
-    for t in order:
-        new = reference.step(config, xs[t], h, kernel, recurrent_kernel, bias, input_masks, recurrent_masks)
-        keep = valid[t][:, None]
-        h = np.where(keep, new, h)
-        out = np.where(keep, new, 0.0 if zero_output_for_mask else prev_out)
-        prev_out = out
-        outs.append(out)
-    return np.stack(outs), h
-
-
-def random_weights(config, input_dim, rng, scale=0.5):
-    dt = config.dtype
-    k = rng.uniform(-scale, scale, (input_dim, 3 * config.units)).astype(dt)
-    r = rng.uniform(-scale, scale, (config.units, 3 * config.units)).astype(dt)
-    b = rng.uniform(-scale, scale, config.bias_shape).astype(dt) if config.use_bias else None
-    return k, r, b
+from tvm_gru.ops import reference
+from tvm_gru.ops.config import GRUConfig
+from tvm_gru.ops.reference import keras_rnn
 
 
 def test_unmasked_forward_is_the_reference_sequence():

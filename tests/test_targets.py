@@ -72,7 +72,8 @@ def test_type_error():
     ({"kind": "llvm", "mcpu": "pentium"}, "'pentium' is a 32-bit x86 CPU"),
     ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "i686"}, "'i686' is a 32-bit x86 CPU"),
     ({"kind": "llvm", "mcpu": "no-such-cpu"}, "'no-such-cpu' is not a CPU LLVM knows"),
-    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "znver3"}, "'znver3' is not a CPU LLVM knows for aarch64"),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "znver3"},
+     "'znver3' is not a CPU LLVM knows for aarch64"),
 ], ids=["pentium", "i686", "unknown", "x86-cpu-on-arm"])
 def test_raw_llvm_targets_with_a_cpu_llvm_would_abort_on_are_refused(target, match):
     """LLVM aborts the whole process when it compiles for these; resolve() refuses them by name first."""

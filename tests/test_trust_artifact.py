@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru.export import export_cell
+from tvm_gru.deploy.export import export_cell
 from tvm_gru.runtime import artifact
 from tvm_gru.runtime.artifact import METADATA, ArtifactError, load, verify
 

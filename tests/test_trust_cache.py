@@ -21,7 +21,8 @@ import pytest
 import tvm
 
 import tvm_gru
-from tvm_gru import build, reference
+from tvm_gru import build
+from tvm_gru.ops import reference
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tolerance  # noqa: E402
@@ -36,7 +37,8 @@ _CHILD = f"""
 import json, os, sys
 import numpy as np
 import tvm_gru
-from tvm_gru import build, reference
+from tvm_gru import build
+from tvm_gru.ops import reference
 x = np.linspace(-2, 2, {2 * INPUT}, dtype="float32").reshape(2, {INPUT})
 h = np.linspace(-1, 1, {2 * UNITS}, dtype="float32").reshape(2, {UNITS})
 errors = []
@@ -129,7 +131,7 @@ def test_library_swapped_after_its_check_is_not_loaded(tmp_path, monkeypatch):
     """What is hashed is what is loaded: a private copy of the bytes read, not the path again."""
     entry = _fill(tmp_path / "mine", monkeypatch)
     foreign = _fill(tmp_path / "foreign", monkeypatch, activation="relu")
-    real_read = build.read_regular_file
+    real_read = build.cache.read_regular_file
 
     def read_then_swap(path, limit):
         data = real_read(path, limit)
@@ -138,7 +140,7 @@ def test_library_swapped_after_its_check_is_not_loaded(tmp_path, monkeypatch):
             shutil.copyfile(foreign, entry)
         return data
 
-    monkeypatch.setattr(build, "read_regular_file", read_then_swap, raising=False)
+    monkeypatch.setattr(build.cache, "read_regular_file", read_then_swap)
     monkeypatch.setenv("TVM_GRU_CACHE_DIR", str(entry.parent))
     build.clear_memory_cache()
     cell = _cell()
@@ -150,14 +152,14 @@ def test_rebuilt_entry_is_loaded_afresh_in_the_same_process(tmp_path, monkeypatc
 
     The first build of this tanh cell's kernel is made wrong on purpose (relu), as a stale entry would be; once
     that entry is damaged, the rebuild must be the library that is called."""
-    real = build.scheduled_module
-    monkeypatch.setattr(build, "scheduled_module", lambda spec, target, *args: real(
+    real = build.step.scheduled_module
+    monkeypatch.setattr(build.step, "scheduled_module", lambda spec, target, *args: real(
         dataclasses.replace(spec, config=dataclasses.replace(spec.config, activation="relu")), target, *args))
     monkeypatch.setenv("TVM_GRU_CACHE_DIR", str(tmp_path))
     cell = _cell()
     wrong, _ = cell(X, [H])
     (entry,) = tmp_path.glob("step-*.so")
-    monkeypatch.setattr(build, "scheduled_module", real)
+    monkeypatch.setattr(build.step, "scheduled_module", real)
     data = entry.read_bytes()
     entry.unlink()  # a new inode: what this process has mapped stays intact
     entry.write_bytes(data[:len(data) // 3])

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru import cli, export, reference
-from tvm_gru.export import export_cell
+from tvm_gru import cli
+from tvm_gru.deploy import destination, export
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import reference
 from tvm_gru.runtime.artifact import METADATA, load
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +71,7 @@ def _no_leftovers(folder: Path) -> None:
 def swap_mode(request, monkeypatch):
     """Run a test with the kernel's atomic rename and with the portable fallback."""
     if request.param == "rename-aside":
-        monkeypatch.setattr(export, "_libc_renameat2", lambda: None, raising=False)
+        monkeypatch.setattr(destination, "_libc_renameat2", lambda: None)
     return request.param
 
 
@@ -194,7 +196,7 @@ def test_swap_puts_back_what_is_not_an_artifact(tmp_path, swap_mode):
         folder.mkdir()
         (folder / SENTINEL).write_text(text)
     with pytest.raises(OSError, match="no longer an artifact"):
-        export._swap_artifact(new, dest)
+        destination._swap_artifact(new, dest)
     assert (dest / SENTINEL).read_text() == "user data" and (new / SENTINEL).read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "new"]
 

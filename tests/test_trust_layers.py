@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru import initializers
+from tvm_gru.keras_objects import initializers
 from tvm_gru.runtime.artifact import load
 
 UNITS, INPUT = 8, 4
@@ -109,7 +109,7 @@ PATHS = {  # name: (frames per call, layer options, masked, the step kernel for 
 
 def _force_frame_kernel(monkeypatch):
     """Run (and export) single streamed frames on the step kernel, the path large layers take."""
-    from tvm_gru.schedules.sequence import CPUSequenceRule  # noqa: PLC0415
+    from tvm_gru.schedules.sequence_rules import CPUSequenceRule  # noqa: PLC0415
 
     monkeypatch.setattr(CPUSequenceRule, "frames_on_step_kernel", lambda self, spec, target: not spec.masked)
 

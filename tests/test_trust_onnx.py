@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 import tvm_gru
-from tvm_gru.bidirectional import Bidirectional
-from tvm_gru.onnx_io import from_onnx, run_onnx
+from tvm_gru.interop.onnx_io import from_onnx, run_onnx
+from tvm_gru.layers.bidirectional import Bidirectional
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -1,4 +1,4 @@
-"""Tuning records are data: only what tvm_gru's own search spaces write is replayed (tvm_gru.tuning_db).
+"""Tuning records are data: only what tvm_gru's own search spaces write is replayed (tvm_gru.build.records).
 
 The crafted records start from a real committed record (the smallest committed workload, H128-I64-B1 for
 ``znver3``) with one instruction, attribute, annotation or decision changed, as someone handing over a log could.
@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tvm_gru import compute, targets, tune_measure, tune_space, tuning_db
-from tvm_gru.config import GRUConfig, StepSpec
-
 from conftest import tolerance
+
+from tvm_gru import targets
+from tvm_gru.build import records as tuning_db
+from tvm_gru.ops import compute
+from tvm_gru.ops.config import GRUConfig, StepSpec
+from tvm_gru.tuning import measure as tune_measure
+from tvm_gru.tuning import space as tune_space
 
 COMMITTED = tuning_db.root()  # read at import time: the tests below point $TVM_GRU_TUNING_LOGS elsewhere
 ZNVER3 = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}  # the committed records' target
@@ -261,8 +264,8 @@ def test_payload_record_never_reaches_the_kernel_or_the_artifact(logs, tmp_path,
     """A record that would be applied (its baseline says it beats the hand schedule) but carries
     ``pragma_import_llvm``: the cell computes with the hand schedule, and no file it compiles or exports holds
     the payload."""
-    from tvm_gru import reference
     import tvm_gru
+    from tvm_gru.ops import reference
 
     target = targets.resolve(ZNVER3)
     spec = _spec(target)
@@ -296,7 +299,7 @@ def test_tuning_run_drops_a_refused_record_before_tvm_reads_the_log(tmp_path, ca
     from the log first (the original kept as ``*.damaged``), so TVM's database never holds it."""
     import importlib
 
-    tune = importlib.import_module("tvm_gru.tune")
+    tune = importlib.import_module("tvm_gru.tuning.tune")
     target = targets.resolve(ZNVER3)
     workload_line, bad = _crafted("pragma_import_llvm")
     _, good = _committed_lines()

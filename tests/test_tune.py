@@ -1,4 +1,4 @@
-"""Tests for tvm_gru.tune and tvm_gru.tuning_db: when records apply, damaged logs, resume, RPC tuning.
+"""Tests for tvm_gru.tune and tvm_gru.build.records: when records apply, damaged logs, resume, RPC tuning.
 
 Most tests write small databases directly (a hand-rule trace committed with a chosen time), which takes a second;
 the real MetaSchedule runs use tiny workloads and trial counts, and the long ones are marked slow.
@@ -6,7 +6,6 @@ the real MetaSchedule runs use tiny workloads and trial counts, and the long one
 
 from __future__ import annotations
 
-import importlib
 import contextlib
 import json
 import logging
@@ -20,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tvm_gru import build, compute, targets, tune_measure, tune_space, tuning_db
-from tvm_gru.config import GRUConfig, StepSpec
-
-tune = importlib.import_module("tvm_gru.tune")  # the module: the attribute tvm_gru.tune is the function
-
 from conftest import free_port, registered_servers, tolerance
+
+from tvm_gru import build, targets
+from tvm_gru.build import records as tuning_db
+from tvm_gru.ops import compute
+from tvm_gru.ops.config import GRUConfig, StepSpec
+from tvm_gru.tuning import measure as tune_measure
+from tvm_gru.tuning import space as tune_space
+from tvm_gru.tuning import tune  # the module (the attribute tvm_gru.tune is the function)
 
 SMALL = {"units": 16, "input_dim": 8, "batch": 1}
 
@@ -116,7 +117,7 @@ def test_the_record_named_by_the_baseline_is_the_one_applied(logs):
 
 def test_applied_record_computes_the_cell(logs):
     """A tuned record goes through the whole compile path and still computes the Keras v1 step."""
-    from tvm_gru import reference
+    from tvm_gru.ops import reference
 
     target = targets.resolve(None)
     spec = _spec(target, batch=2)
@@ -149,7 +150,7 @@ def test_record_for_another_workload_is_never_applied(logs, change):
 
 def test_implementations_share_one_workload_on_simd_targets(logs):
     """Without dropout, implementation 1 and 2 are the same kernel on SIMD targets (one gate-interleaved
-    packing; see tvm_gru.packing), so a record tuned for one serves the other."""
+    packing; see tvm_gru.runtime.packing), so a record tuned for one serves the other."""
     target = targets.resolve(None)
     _write_record(tuning_db.db_dir(target), _spec(target), target, seconds=1e-9, hand_seconds=1.0)
     other = _spec(target, implementation=2)
@@ -210,7 +211,7 @@ def test_damaged_lines_are_skipped_with_a_warning(logs, caplog):
     assert tuning_db.lookup(compute.step_primfunc(first), target) is None
     assert "damaged line" in caplog.text
 
-    with pytest.raises(Exception):  # what tvm_gru.tuning_db protects against: TVM's own reader aborts
+    with pytest.raises(Exception):  # what tvm_gru.build.records protects against: TVM's own reader aborts
         ms.database.JSONDatabase(work_dir=str(d))
     assert tuning_db.repair(d) == 3  # the damaged workload, its record, and the half record
     assert (d / (tuning_db.RECORDS + ".damaged")).exists()
@@ -256,10 +257,11 @@ def test_parse_tracker_rejects(text):
 
 def test_cli_registers_tune():
     from tvm_gru import cli
+    from tvm_gru.cli import tune_command
 
     args = cli.build_parser().parse_args(["tune", "--units", "16", "--input-dim", "8", "--trials", "3",
                                           "--rpc-tracker", "h:1", "--rpc-key", "k"])
-    assert args.func is tune._cli and args.trials == 3 and args.rpc_key == "k"
+    assert args.func is tune_command._cli and args.trials == 3 and args.rpc_key == "k"
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="no aarch64 cross compiler")

@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 
 import tvm_gru
-from tvm_gru import GRUConfig, StepSpec, compute, reference, targets, tuning_db
-from tvm_gru.export import export_cell
-from tvm_gru.packing import unpack_matrix
+from tvm_gru import GRUConfig, StepSpec, targets
+from tvm_gru.build import records as tuning_db
+from tvm_gru.deploy.export import export_cell
+from tvm_gru.ops import compute, reference
 from tvm_gru.runtime.artifact import METADATA, ArtifactError, load
+from tvm_gru.runtime.packing import unpack_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import biased_cell, tolerance  # noqa: E402
@@ -245,7 +247,7 @@ def test_float16_storage_no_bias_and_training_masks():
 def _asm(spec, target):
     import tvm  # noqa: PLC0415
 
-    from tvm_gru.build import scheduled_module  # noqa: PLC0415
+    from tvm_gru.build.step import scheduled_module  # noqa: PLC0415
 
     with target:
         return tvm.compile(scheduled_module(spec, target), target=target).mod.inspect_source("asm")
@@ -385,9 +387,10 @@ def test_cli_weight_dtype(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ aarch64 under qemu
 def test_aarch64_float16_artifact_under_qemu(tmp_path):
-    from test_arm_qemu import EMULATED, _kit, run_emulated  # noqa: PLC0415
+    from conftest import qemu_kit, run_emulated  # noqa: PLC0415
+    from test_arm_qemu import EMULATED  # noqa: PLC0415  (the cell script the ARM tests run)
 
-    kit = _kit()
+    kit = qemu_kit()
     cell = _cell(units=20, input_dim=12, seed=11, recurrent_activation="sigmoid")
     art = cell.export(tmp_path / "arm16", target={"name": "aarch64", "mcpu": "cortex-a72"}, batch=(1, 3),
                       weight_dtype="float16")
@@ -419,8 +422,8 @@ def test_cuda_ptx_reads_half_weights_and_accumulates_f32(reset_after, implementa
     import tvm  # noqa: PLC0415
     from tvm.support import nvcc  # noqa: PLC0415
 
-    from tvm_gru.build import scheduled_module  # noqa: PLC0415
-    from tvm_gru.cuda_toolchain import cuda_compile_env  # noqa: PLC0415
+    from tvm_gru.build.step import scheduled_module  # noqa: PLC0415
+    from tvm_gru.deploy.toolchains import cuda_compile_env  # noqa: PLC0415
     from tvm_gru.schedules.cuda import CUDAStepRule  # noqa: PLC0415
 
     target = targets.resolve({"name": "cuda", "arch": "sm_80"})
@@ -444,7 +447,7 @@ def test_cuda_ptx_reads_half_weights_and_accumulates_f32(reset_after, implementa
 
 def test_cuda_float16_artifact_builds(tmp_path):
     _need_cuda_compiler()
-    from tvm_gru.cuda_toolchain import embedded_binary_kind  # noqa: PLC0415
+    from tvm_gru.deploy.toolchains import embedded_binary_kind  # noqa: PLC0415
 
     cell = _cell(units=64, input_dim=32, seed=12)
     art = cell.export(tmp_path / "cuda16", target={"name": "cuda", "arch": "sm_80"}, batch=(1, 3),

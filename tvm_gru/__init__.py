@@ -3,31 +3,56 @@
 >>> import numpy as np, tvm_gru
 >>> cell = tvm_gru.GRUCell(64)
 >>> out, [h] = cell(np.ones((1, 32), "float32"), [np.zeros((1, 64), "float32")])
+
+The public face: everything a user needs is importable from here. The subpackages are layered (import-linter
+checks it, see pyproject.toml): ``cli`` > ``deploy`` | ``interop`` | ``tuning`` > ``layers`` > ``build`` >
+``schedules`` > ``ops`` | ``targets`` | ``keras_objects`` > ``runtime`` (numpy + apache-tvm-ffi only).
 """
 
-import os as _os
+import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .runtime.threads import default_num_threads
 
-# TVM's CPU thread pool reads this once, at its first parallel launch. Without it the pool was measured
-# to run parallel loops with ~11 us of launch overhead on this 2-core VM, against ~1.7 us with it set.
-if "TVM_NUM_THREADS" not in _os.environ:
-    try:
-        _os.environ["TVM_NUM_THREADS"] = str(len(_os.sched_getaffinity(0)))
-    except AttributeError:
-        _os.environ["TVM_NUM_THREADS"] = str(_os.cpu_count() or 1)
+default_num_threads()  # before anything can start TVM's thread pool
 
-from .api import irmodule, packed_weights, primfunc  # noqa: E402
-from .bidirectional import Bidirectional  # noqa: E402
-from .cell import GRUCell  # noqa: E402
-from .config import GRUConfig, StepSpec  # noqa: E402
-from .export import export_cell, export_layer  # noqa: E402
-from .layer import GRU  # noqa: E402
-from .onnx_io import from_onnx  # noqa: E402
-from .runtime.artifact import ArtifactError, DeployedCell, load  # noqa: E402
+from .layers import hooks  # noqa: E402
+from .layers.bidirectional import Bidirectional  # noqa: E402
+from .layers.cell import GRUCell  # noqa: E402
+from .layers.gru import GRU  # noqa: E402
+from .ops.config import GRUConfig, StepSpec  # noqa: E402
+from .runtime.artifact import ArtifactError, load, verify  # noqa: E402
+from .runtime.deployed_cell import DeployedCell  # noqa: E402
 from .runtime.deployed_layer import DeployedGRU  # noqa: E402
-from .tune import tune  # noqa: E402  (MetaSchedule itself is imported only when tuning starts)
 
-__all__ = ["GRUCell", "GRU", "Bidirectional", "from_onnx", "tune", "GRUConfig", "StepSpec", "__version__", "load",
-           "DeployedCell", "DeployedGRU", "ArtifactError", "export_cell", "export_layer", "primfunc", "irmodule",
-           "packed_weights"]
+# The compiler side (TVM, onnx, MetaSchedule) is imported on first use, so `import tvm_gru` and `tvm_gru.load` need
+# only numpy and apache-tvm-ffi (a board that runs artifacts has no TVM compiler).
+_LAZY = {"irmodule": "build.modules", "primfunc": "build.modules", "packed_weights": "build.modules",
+         "export_cell": "deploy.export", "export_layer": "deploy.export", "from_onnx": "interop.onnx_io",
+         "run_onnx": "interop.onnx_io", "cell_to_onnx": "interop.onnx_io", "layer_to_onnx": "interop.onnx_io",
+         "bidirectional_to_onnx": "interop.onnx_io", "tune": "tuning.tune"}
+
+
+def __getattr__(name: str):
+    """The lazily imported public functions of :data:`_LAZY` (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tvm_gru' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def _deferred(name: str):
+    def write(*args, **kwargs):
+        return __getattr__(name)(*args, **kwargs)
+    return write
+
+
+# The layers' export / to_onnx methods call deploy/ and interop/ through the hooks (see tvm_gru.layers.hooks).
+for _writer in ("export_cell", "export_layer", "cell_to_onnx", "layer_to_onnx", "bidirectional_to_onnx"):
+    hooks.register(_writer, _deferred(_writer))
+
+__all__ = ["GRUCell", "GRU", "Bidirectional", "GRUConfig", "StepSpec", "from_onnx", "run_onnx", "tune", "load",
+           "verify", "DeployedCell", "DeployedGRU", "ArtifactError", "export_cell", "export_layer", "primfunc",
+           "irmodule", "packed_weights", "__version__"]

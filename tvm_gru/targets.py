@@ -37,9 +37,9 @@ def host_cores() -> int:
 
 
 def _host_dict() -> dict:
-    from tvm.target import codegen  # noqa: PLC0415
-
     import platform  # noqa: PLC0415
+
+    from tvm.target import codegen  # noqa: PLC0415
 
     mcpu = codegen.llvm_get_system_cpu()
     out = {"kind": "llvm", "mcpu": mcpu, "num-cores": host_cores()}

@@ -30,3 +30,8 @@ def aligned_copy(array: np.ndarray, dtype=None) -> np.ndarray:
 
 def is_aligned(array: np.ndarray) -> bool:
     return array.flags.c_contiguous and array.ctypes.data % ALIGN == 0
+
+
+def as_aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` itself when it is C-contiguous and 64-byte aligned, else an aligned copy."""
+    return array if is_aligned(array) else aligned_copy(array)

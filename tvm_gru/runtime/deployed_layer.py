@@ -1,13 +1,13 @@
 """A GRU layer loaded from an artifact: the Keras v1 ``GRU`` call on the exported whole-sequence kernels.
 
 numpy + apache-tvm-ffi only, like :mod:`.artifact` (which loads the folder and hands the kernels here).
-A layer artifact (``"kind": "layer"``, written by :func:`tvm_gru.export.export_layer`) holds, per batch size,
-the fused whole-sequence kernel of :mod:`tvm_gru.sequence` (the time extent is symbolic: one kernel serves
+A layer artifact (``"kind": "layer"``, written by :func:`tvm_gru.deploy.export.export_layer`) holds, per batch size,
+the fused whole-sequence kernel of :mod:`tvm_gru.ops.sequence` (the time extent is symbolic: one kernel serves
 every sequence length), its masked variant, and, where the schedule has one, a serial variant for calls of a
 few steps (streaming); a streaming layer with large weights also gets the step kernel for single frames
 (``"frame"``). The layer's options are fixed at export, as they are at a Keras layer's construction.
 
-Kernel arguments (see ``tvm_gru.sequence.SequenceSpec``): ``x``, ``h0`` (B, H), [``mask`` uint8], the packed
+Kernel arguments (see ``tvm_gru.ops.sequence.SequenceSpec``): ``x``, ``h0`` (B, H), [``mask`` uint8], the packed
 weights in metadata order, [``sequence``], ``last`` (B, H), ``state`` (B, H), ``reverse`` (int). A frame
 kernel takes ``x`` (B, I), ``h`` (B, H), the same weights but R_h block-major (see :func:`frame_weights`), and
 ``h_new`` (B, H).
@@ -24,14 +24,14 @@ import numpy as np
 import tvm_ffi
 
 from .arrays import as_array
-from .artifact import ArtifactError, _aligned, _unpack
+from .buffers import as_aligned
 from .ffi_args import SequenceOutputs
-from .layer_calls import (NOT_PLAIN, NotCopyable, SequenceLayerCalls, check_inference_training, kernel_view,
-                          max_steps)
+from .format import LAYER_FLAGS, ArtifactError, check_declared
+from .layer_calls import NOT_PLAIN, NotCopyable, SequenceLayerCalls, check_inference_training, kernel_view, max_steps
+from .packing import unpack_matrix
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "weight_specs", "frame_weights"]
 
-LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
 
 
 def sequence_weight_shapes(config: dict, input_dim: int, lanes: int) -> dict:
@@ -52,13 +52,11 @@ def sequence_weight_shapes(config: dict, input_dim: int, lanes: int) -> dict:
 def weight_specs(meta: dict) -> dict:
     """{name: (shape, dtype)} of the packed weights the layer's config implies, in the kernel's order; the
     metadata's weight list and shapes must say the same (checked before any weight is read)."""
-    from .artifact import _check_declared  # noqa: PLC0415
-
     cfg = meta["config"]
     dtype = np.dtype(cfg["dtype"])
     expected = {name: (shape, dtype)
                 for name, shape in sequence_weight_shapes(cfg, meta["input_dim"], meta["lanes"]).items()}
-    _check_declared(meta, expected)
+    check_declared(meta, expected)
     return expected
 
 
@@ -67,12 +65,12 @@ def frame_weights(names, arrays) -> list:
 
     They are the same arrays but for the candidate's recurrent weights (reset_after=False): the sequence kernel
     takes them as rows, ``candidate_packed`` (H, NB, V), the step kernel block-major, (NB, H, 1, V)
-    (``tvm_gru.packing``). Rebuilt here rather than stored twice in the artifact.
+    (``tvm_gru.runtime.packing``). Rebuilt here rather than stored twice in the artifact.
     """
     out = []
     for name, array in zip(names, arrays):
         if name == "candidate_packed":
-            array = _aligned(np.ascontiguousarray(array.transpose(1, 0, 2))[:, :, None, :])
+            array = as_aligned(np.ascontiguousarray(array.transpose(1, 0, 2))[:, :, None, :])
         out.append(array)
     return out
 
@@ -150,7 +148,7 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         self.units = int(self.config["units"])
         self.dtype = np.dtype(self.config["dtype"])
         self.target = meta["target"]
-        self._host_weights = [_aligned(weights[n]) for n in meta["kernel"]["weights"]]
+        self._host_weights = [as_aligned(weights[n]) for n in meta["kernel"]["weights"]]
         self._wargs = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
         self._frame_runs = {}  # batch -> step(x, h, out) of the frame kernel, with its weights
         self._frame_weights = None  # (arrays, FFI tensors) of the frame kernels, built on the first frame
@@ -176,8 +174,8 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H)(, bias)]`` (unpacked copies)."""
         w = dict(zip(self.metadata["kernel"]["weights"], self._host_weights))
         units = self.units
-        kernel = _unpack(w["kernel_packed"], units, True)
-        recurrent = _unpack(w["recurrent_packed"], units, True)
+        kernel = unpack_matrix(w["kernel_packed"], units, True).copy()
+        recurrent = unpack_matrix(w["recurrent_packed"], units, True).copy()
         if "candidate_packed" in w:  # reset_after=False: (H, NB, V), rows of the candidate's columns
             cand = w["candidate_packed"]
             recurrent = np.concatenate([recurrent, cand.reshape(cand.shape[0], -1)[:, :units]], axis=1)
@@ -208,7 +206,8 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         -------
         output : (B, T, H) if ``return_sequences`` else (B, H); with ``return_state``: ``[output, state]``
         """
-        if self._streams_frames and mask is None and type(inputs) is np.ndarray and (training is None or training is False):
+        plain = type(inputs) is np.ndarray and (training is None or training is False)
+        if self._streams_frames and mask is None and plain:
             out = self._try_stream(inputs, initial_state)
             if out is not None:
                 return out

@@ -1,0 +1,174 @@
+"""``tvm-gru export``: a deployable artifact of a cell or a layer, from a Keras config (+ weights .npz), an ONNX
+model, or fresh seeded weights (see :mod:`tvm_gru.deploy.export`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..deploy.export import check_destination, export_cell, export_layer
+from ..interop.onnx_io import from_onnx
+from ..layers.cell import GRUCell
+from ..layers.gru import GRU
+from ..runtime import artifact
+from ..runtime.format import LAYER_FLAGS
+from .args import positive_int
+
+__all__ = ["register", "check_files"]
+
+
+def check_files(args, error) -> None:
+    """Name the option whose file is missing or unreadable before anything is compiled."""
+    if getattr(args, "config", None) and getattr(args, "onnx", None):
+        error("argument --onnx: not allowed with argument --config (the model comes from one of them)")
+    for option in ("config", "weights", "onnx"):
+        value = getattr(args, option, None)
+        if value and not Path(value).is_file():
+            error(f"argument --{option}: file not found: {value}")
+    if getattr(args, "weights", None) and not getattr(args, "config", None):
+        error("argument --weights: needs --config (the weights fill the cell the config describes)")
+    if getattr(args, "config", None):
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            error(f"argument --config: {args.config} is not a JSON file ({err})")
+        if not isinstance(config, dict):
+            error(f"argument --config: expected a JSON object (a Keras GRUCell config), got {type(config).__name__}")
+    if getattr(args, "weights", None):
+        try:
+            with np.load(args.weights, allow_pickle=False) as data:
+                if not hasattr(data, "files"):
+                    error(f"argument --weights: {args.weights} is a single .npy array, expected a .npz archive")
+        except (OSError, ValueError, EOFError) as err:
+            error(f"argument --weights: {args.weights} is not a .npz archive ({err})")
+    if getattr(args, "out", None) is not None:
+        try:
+            check_destination(args.out, getattr(args, "overwrite", False), "argument --out:", "--overwrite")
+        except (ValueError, FileExistsError) as err:
+            error(str(err))
+    batches = getattr(args, "batches", None)
+    if batches:
+        try:
+            args.batches = ",".join(str(positive_int(b.strip())) for b in batches.split(","))
+        except argparse.ArgumentTypeError:
+            error(f"argument --batches: expected comma-separated positive integers, got {batches!r}")
+
+
+
+def _cell_from_files(args):
+    if args.onnx:
+        loaded = from_onnx(args.onnx)
+        loaded = loaded[0] if isinstance(loaded, tuple) else loaded
+        return getattr(loaded, "cell", loaded)  # a GRU layer holds its cell
+    if args.config:
+        config = json.loads(Path(args.config).read_text())
+        config = config.get("config", config)  # a Keras layer dict {"class_name": ..., "config": {...}}
+        cell = GRUCell.from_config(config)
+        if args.weights:
+            with np.load(args.weights) as data:
+                keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
+                cell.set_weights([data[k] for k in keys])
+        elif args.input_dim:
+            cell.build((1, args.input_dim))
+        return cell
+    cell = GRUCell(args.units, reset_after=args.reset_after, implementation=args.implementation,
+                   dtype=args.dtype, seed=args.seed)
+    cell.build((1, args.input_dim))
+    return cell
+
+
+def _is_layer_request(args) -> bool:
+    """--layer, or a --config holding a Keras GRU layer (class_name "GRU", or a flat config with layer flags)."""
+    if args.layer:
+        return True
+    if args.config:
+        config = json.loads(Path(args.config).read_text())
+        if isinstance(config, dict) and "class_name" in config:
+            return config["class_name"] in ("GRU", "GRUV1")
+        return isinstance(config, dict) and "return_sequences" in config
+    return False
+
+
+def _layer_flags(args) -> dict:
+    return {flag: True for flag in LAYER_FLAGS if getattr(args, flag, False)}
+
+
+def _layer_from_files(args):
+    flags = _layer_flags(args)
+    if args.onnx:
+        loaded = from_onnx(args.onnx)
+        layer = loaded[0] if isinstance(loaded, tuple) else loaded
+        for flag, value in flags.items():
+            setattr(layer, flag, value)
+        return layer
+    if args.config:
+        config = json.loads(Path(args.config).read_text())
+        config = {**config.get("config", config), **flags}
+        layer = GRU.from_config(config)
+        if args.weights:
+            with np.load(args.weights) as data:
+                keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
+                layer.set_weights([data[k] for k in keys])
+        elif args.input_dim:
+            layer.build((1, 1, args.input_dim))
+        return layer
+    layer = GRU(args.units, reset_after=args.reset_after, implementation=args.implementation, dtype=args.dtype,
+                seed=args.seed, **flags)
+    layer.build((1, 1, args.input_dim))
+    return layer
+
+
+def _target_arg(args):
+    options = {k: v for k, v in (("mcpu", args.mcpu), ("arch", args.arch)) if v}
+    name = args.target or "host"
+    return {"name": name, **options} if options else name
+
+
+def _cli(args) -> int:
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch]
+    if _is_layer_request(args):
+        if args.weight_dtype not in (None, "float32"):
+            raise ValueError(f"--weight-dtype {args.weight_dtype} applies to cell artifacts only; a layer artifact "
+                             "stores its weights in the layer dtype")
+        out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
+                           masking=not args.no_masking, overwrite=args.overwrite)
+    else:
+        out = export_cell(_cell_from_files(args), args.out, target=_target_arg(args), batch=batches,
+                          overwrite=args.overwrite, weight_dtype=args.weight_dtype)
+    meta = json.loads((out / artifact.METADATA).read_text())
+    total = sum((out / f).stat().st_size for f in meta["files"])
+    print(f"wrote {out} ({artifact.artifact_kind(meta)}, {meta['target']['family']}, batch {meta['batch_sizes']}, "
+          f"{total / 1e6:.2f} MB)")
+    for rel in meta["files"]:
+        print(f"  {rel:40s} {(out / rel).stat().st_size / 1e3:10.1f} kB")
+    return 0
+
+
+def register(subparsers, add_shape_args) -> None:
+    """``tvm-gru export``: a cell or a layer, from a Keras config (+ weights .npz), an ONNX model, or fresh
+    seeded weights."""
+    p = subparsers.add_parser("export", help="write a deployable artifact (kernel + weights + runtime libs)")
+    add_shape_args(p)
+    p.add_argument("--config", help="Keras GRUCell or GRU config JSON (get_config() output, or a "
+                                    "{'class_name': ..., 'config': ...} dict; class_name 'GRU' exports a layer)")
+    p.add_argument("--weights", help=".npz with kernel, recurrent_kernel[, bias] (or arr_0, arr_1[, arr_2])")
+    p.add_argument("--onnx", help="an ONNX model with one GRU node (instead of --config/--weights)")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--mcpu", help="CPU for x86/aarch64 targets, e.g. cortex-a72, znver3")
+    p.add_argument("--arch", help="GPU architecture for cuda, e.g. sm_80")
+    p.add_argument("--seed", type=int, default=0, help="weights seed when no --config/--onnx is given")
+    p.add_argument("--batches", help="comma-separated batch sizes to compile (default: --batch)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--weight-dtype", choices=["float32", "float16"], default=None,
+                   help="storage dtype of the cell's weight matrices (float16: half the bytes, float32 math; "
+                        "default: the cell dtype)")
+    layer = p.add_argument_group("layer", "export a GRU layer (whole-sequence kernels) instead of a cell")
+    layer.add_argument("--layer", action="store_true", help="export a GRU layer (implied by a GRU --config)")
+    for flag in LAYER_FLAGS:
+        layer.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true",
+                           help=f"layer option {flag}=True")
+    layer.add_argument("--no-masking", action="store_true", help="skip the masked kernels (no `mask` argument)")
+    p.set_defaults(func=_cli)

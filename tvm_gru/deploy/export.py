@@ -1,0 +1,364 @@
+"""Deployable artifacts: a GRU cell or GRU layer compiled for a target, in one folder that runs without the
+TVM compiler.
+
+>>> cell = tvm_gru.GRUCell(256); cell.build((1, 128))                      # doctest: +SKIP
+>>> export_cell(cell, "gru_arm", target={"name": "aarch64", "mcpu": "cortex-a72"})  # doctest: +SKIP
+>>> layer = tvm_gru.GRU(256, return_sequences=True); layer.build((1, None, 128))     # doctest: +SKIP
+>>> export_layer(layer, "gru_layer_arm", target="aarch64", batch=[1, 8])   # doctest: +SKIP
+
+then, on the board (``pip install apache-tvm-ffi numpy``)::
+
+    import sys; sys.path.insert(0, "gru_arm/python/tvm_gru_runtime.zip")   # the bundled loader (no bytecode)
+    import tvm_gru_runtime
+    cell = tvm_gru_runtime.load("gru_arm")
+    out, [h] = cell(x, [h])
+    layer = tvm_gru_runtime.load("gru_layer_arm")   # a DeployedGRU: layer(inputs, mask=..., initial_state=...)
+    seq = layer(x_btI)
+
+The folder layout and the loader are in :mod:`tvm_gru.runtime.artifact`. What goes in ``lib/``:
+
+* CPU kernels that call into the TVM runtime (parallel loops, workspaces) get ``libtvm_runtime.so`` for the
+  target's architecture: this machine's copy from the apache-tvm wheel, or, for aarch64 on an x86 host, the
+  one in the apache-tvm aarch64 wheel (downloaded once with pip into ``$TVM_GRU_RUNTIME_LIBS``).
+* CUDA kernels get ``libtvm_runtime.so`` + ``libtvm_runtime_cuda.so`` (the module loader for the embedded
+  fatbin/cubin) and ``libcudart`` when found; the driver (``libcuda.so.1``) is the device's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from importlib import metadata as md
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from .. import schedules, targets
+from .._version import __version__
+from ..build.sequence import compile_sequence_module, scheduled_sequence, sequence_rule
+from ..build.step import scheduled_module
+from ..ops.config import StepSpec, check_weight_dtype
+from ..ops.sequence import SequenceSpec, pack_sequence_weights
+from ..runtime import artifact
+from ..runtime.format import LAYER_FLAGS, file_sha256
+from ..runtime.packing import pack_weights
+from .destination import check_destination, publish
+from .toolchains import cuda_compile_env, export_library, runtime_libs
+
+__all__ = ["export_cell", "export_layer"]
+
+log = logging.getLogger(__name__)
+
+# CPU features an x86 artifact records for the loader to check (the ISA its kernels were compiled to use).
+_X86_FEATURES = {"haswell": ["avx2", "fma"], "skylake-avx512": ["avx2", "fma", "avx512f"]}
+
+# ---------------------------------------------------------------------------------------- compile
+def _kernel_specs(cell, batches, lanes, weight_dtype=None):
+
+    return {b: StepSpec(cell.config, batch=b, input_dim=cell.input_dim, lanes=lanes, weight_dtype=weight_dtype)
+            for b in batches}
+
+
+def compile_kernels(specs: dict, target):
+    """Compile one step function per batch size into one module: ``step_b{B}``. Returns (executable, names)."""
+
+
+    funcs = {}
+    for batch, spec in specs.items():
+        name = f"step_b{batch}"
+        funcs[name] = scheduled_module(spec, target)["main"].with_attr("global_symbol", name)
+    mod = tvm.IRModule(funcs)
+    if target.kind.name == "cuda":
+
+        with cuda_compile_env(), target:
+            return tvm.compile(mod, target=target), list(funcs)
+    with target:
+        return tvm.compile(mod, target=target), list(funcs)
+
+
+def _plain(obj):
+    """TVM FFI containers (Map, Array, String) -> JSON-ready dict/list/str."""
+    if isinstance(obj, (bool, int, float)) or obj is None:
+        return obj
+    if isinstance(obj, str):
+        return str(obj)
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if hasattr(obj, "__iter__"):
+        return [_plain(v) for v in obj]
+    return str(obj)
+
+
+def _target_meta(target, family: str, weight_dtype: str = "float32") -> dict:
+    attrs = target.attrs
+    meta = {"family": family, "tvm": _plain(target.export()),
+            "host_arch": "aarch64" if family == "aarch64" else "x86_64", "cpu_features": []}
+    if family == "aarch64":
+        mattr = [str(a) for a in attrs["mattr"]] if "mattr" in attrs else []
+        meta["cpu_features"] = ["asimd"] + (["asimddp"] if "+dotprod" in mattr else [])
+    elif family == "x86":
+        mcpu = str(attrs["mcpu"]) if "mcpu" in attrs else ""
+        meta["cpu_features"] = list(_X86_FEATURES["skylake-avx512"] if mcpu in targets.AVX512_MCPUS
+                                    else _X86_FEATURES["haswell"] if mcpu else [])
+        if mcpu and weight_dtype == "float16":  # vcvtph2ps widens the half weights (every AVX2 CPU has it)
+            meta["cpu_features"].append("f16c")
+    else:
+        meta["arch"] = str(attrs["arch"]) if "arch" in attrs else None
+    return meta
+
+
+def _versions() -> dict:
+
+    out = {"tvm_gru": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    for dist in ("apache-tvm", "apache-tvm-ffi"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+_RUNTIME_INIT = ('"""tvm_gru deployed cell/layer runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
+                 "from .artifact import ArtifactError, DeployedCell, load, verify\n"
+                 "from .deployed_layer import DeployedGRU\n\n"
+                 '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "ArtifactError"]\n')
+
+
+def _copy_runtime_package(dest: Path) -> list:
+    """The runtime loader as a standalone package in one zip, ``python/tvm_gru_runtime.zip`` (numpy + tvm_ffi
+    only), imported with ``sys.path.insert(0, "<artifact>/python/tvm_gru_runtime.zip")``.
+
+    A zip rather than a folder of sources: Python imports it from the zip alone, so no ``__pycache__`` is read
+    or written in the artifact, and no file planted next to it (a .pyc, an extension module) is imported. Sources
+    only, with fixed timestamps, so the same runtime gives the same bytes.
+    """
+
+    src = Path(artifact.__file__).parent
+    path = dest / "python" / "tvm_gru_runtime.zip"
+    path.parent.mkdir(parents=True)
+    sources = {"__init__.py": _RUNTIME_INIT.encode(),
+               **{f.name: f.read_bytes() for f in sorted(src.glob("*.py")) if f.name != "__init__.py"}}
+    with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in sources.items():
+            info = zipfile.ZipInfo(f"tvm_gru_runtime/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return [path]
+
+
+def _batch_list(batch) -> list:
+    batches = sorted({int(batch)} if np.isscalar(batch) else {int(b) for b in batch})
+    if not batches or batches[0] < 1:
+        raise ValueError(f"`batch` must be a positive int or a non-empty sequence of them; received {batch!r}")
+    return batches
+
+
+def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dict, overwrite: bool) -> Path:
+    """Write kernel.so, weights.npz, lib/, python/ and the metadata (``meta`` + files, hashes) into a temporary
+    folder next to ``dest``, then move it into place (:func:`publish`: a reader never sees a half-written
+    artifact, and only an artifact or an empty folder is ever replaced)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        files = [tmp / "kernel.so", tmp / "weights.npz"]
+        export_library(executable, files[0], family)
+        np.savez(files[1], **packed)
+        libs = []
+        (tmp / "lib").mkdir()
+        for src, provides in runtime_libs(family, files[0]):
+            dst = tmp / "lib" / Path(src).name
+            shutil.copyfile(src, dst)
+            files.append(dst)
+            libs.append({"path": f"lib/{dst.name}", "provides": provides})
+        files += _copy_runtime_package(tmp)
+        meta = {**meta, "weights": "weights.npz", "runtime_libs": libs, "versions": _versions(),
+                "files": {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}}
+        (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, dest, overwrite)
+    return dest
+
+
+def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weight_dtype=None) -> Path:
+    """Write a deployable artifact of a built cell for ``target``.
+
+    Parameters
+    ----------
+    cell : tvm_gru.GRUCell
+        A built cell (its weights are exported; dropout does not apply to deployed cells).
+    path : str or Path
+        The artifact folder to create.
+    target : None, str, dict or tvm.target.Target
+        As for :func:`tvm_gru.targets.resolve`: "host" (default), "x86", "aarch64"/"arm", "cuda", or a dict
+        such as ``{"name": "aarch64", "mcpu": "cortex-a72"}`` / ``{"name": "cuda", "arch": "sm_90"}``.
+    batch : int or sequence of int
+        Batch sizes to compile a kernel for (kernels are specialised on the batch size).
+    overwrite : bool
+        Replace an existing folder at ``path``.
+    weight_dtype : None, "float32" or "float16"
+        Storage dtype of the packed kernel and recurrent kernel in the artifact (None: the cell's
+        ``weight_dtype``, float32 by default). "float16" (float32 cells only): half the weight bytes, each
+        weight rounded to the nearest half and widened to float32 before its multiply-add; inputs, states, bias,
+        accumulation and gate math stay float32.
+
+    Returns
+    -------
+    Path
+        The artifact folder. Load it with :func:`tvm_gru.load` (or the bundled ``python/tvm_gru_runtime.zip``).
+    """
+    if not getattr(cell, "built", False):
+        raise ValueError("`export_cell` needs a built cell: call build(input_shape), set_weights or the cell first")
+
+    batches = _batch_list(batch)
+    wdt = check_weight_dtype(cell.config.dtype, getattr(cell, "weight_dtype", None) if weight_dtype is None
+                             else weight_dtype)
+    dest = check_destination(path, overwrite)
+    target = targets.resolve(target)
+    family = targets.family(target)
+    lanes = targets.lanes(target, cell.config.dtype)
+    specs = _kernel_specs(cell, batches, lanes, wdt)
+    executable, names = compile_kernels(specs, target)
+
+
+    weights = cell.get_weights()
+    packed = pack_weights(cell.config, weights[0], weights[1], weights[2] if cell.config.use_bias else None, lanes,
+                          wdt)
+    meta = {
+        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["cell"], "kind": "cell",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": cell.config.to_dict(), "input_dim": cell.input_dim, "units": cell.config.units,
+        "dtype": cell.config.dtype, "weight_dtype": wdt, "batch_sizes": batches, "lanes": lanes,
+        "shapes": {"inputs": ["batch", cell.input_dim], "states": ["batch", cell.config.units],
+                   **{n: list(a.shape) for n, a in packed.items()}},
+        "target": _target_meta(target, family, wdt),
+        "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
+                   "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
+    }
+    return _write_artifact(dest, executable, family, packed, meta, overwrite)
+
+
+# ---------------------------------------------------------------------------------------- layers
+
+
+def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
+    """Compile the layer's whole-sequence kernels for every batch size into one module.
+
+    Per batch B: ``seq_b{B}`` (the rule's default schedule), ``seq_b{B}_masked`` (with ``masking``), and, when
+    the rule has a serial schedule for short calls (streaming), ``seq_b{B}_short`` / ``seq_b{B}_short_masked``.
+    A streaming layer (stateful, last output only) also gets ``frame_b{B}``, the step kernel, where the rule runs
+    single frames on it (``CPUSequenceRule.frames_on_step_kernel``).
+    Returns ``(executable, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
+    """
+
+
+    rule = sequence_rule(target)
+    funcs, table = {}, {}
+    for batch in batches:
+        entry = table[str(batch)] = {}
+        for masked in (False, True) if masking else (False,):
+            spec = SequenceSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes,
+                                time_major=layer.time_major, masked=masked,
+                                zero_output_for_mask=layer.zero_output_for_mask,
+                                return_sequences=layer.return_sequences)
+            variants = [("full", rule.default_schedule(spec, target))]
+            short = rule.short_schedule(spec, target)
+            if short is not None:
+                variants.append(("short", short[1]))
+                entry["short_steps"] = int(short[0])
+            for kind, schedule in variants:
+                key = kind if not masked else ("masked" if kind == "full" else "short_masked")
+                name = f"seq_b{batch}" + ("" if kind == "full" else "_short") + ("_masked" if masked else "")
+                func = scheduled_sequence(spec, target, schedule)["main"]
+                funcs[name] = func.with_attr("global_symbol", name)
+                entry[key] = name
+            streams = layer.stateful and not layer.return_sequences and not layer.return_state  # DeployedGRU's frames
+            if not masked and streams and rule.frames_on_step_kernel(spec, target):
+                step = StepSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes)
+                name = entry["frame"] = f"frame_b{batch}"
+                funcs[name] = scheduled_module(step, target)["main"].with_attr("global_symbol", name)
+    return compile_sequence_module(tvm.IRModule(funcs), target), table  # the in-process compile's passes
+
+
+def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:
+    """Write a deployable artifact of a built :class:`tvm_gru.GRU` layer for ``target``.
+
+    The artifact holds the fused whole-sequence kernels (symbolic sequence length: any T runs without
+    recompiling) for each batch size, the packed weights and the layer's options (return_sequences,
+    return_state, go_backwards, stateful, time_major, zero_output_for_mask). :func:`tvm_gru.load` returns a
+    :class:`~tvm_gru.runtime.deployed_layer.DeployedGRU`, called like the Keras layer.
+
+    Parameters
+    ----------
+    layer : tvm_gru.GRU
+        A built layer (its weights are exported; dropout does not apply to deployed layers).
+    path : str or Path
+        The artifact folder to create.
+    target : None, str, dict or tvm.target.Target
+        "host" (default), "x86", "aarch64"/"arm" (cross-compiled), or a dict such as
+        ``{"name": "aarch64", "mcpu": "cortex-a72"}``. CUDA is refused: the sequence kernel has CPU schedules only.
+    batch : int or sequence of int
+        Batch sizes to compile kernels for (kernels are specialised on the batch size, not on the length).
+    masking : bool
+        Also compile the masked kernels, so the deployed layer takes ``mask=`` (default). False halves the
+        kernel count; a ``mask`` passed to such a layer then raises.
+    overwrite : bool
+        Replace an existing folder at ``path``.
+
+    Returns
+    -------
+    Path
+        The artifact folder.
+    """
+    if not getattr(layer, "built", False):
+        raise ValueError("`export_layer` needs a built layer: call build(input_shape), set_weights or the layer "
+                         "first")
+    batches = _batch_list(batch)
+    dest = check_destination(path, overwrite)
+    target = targets.resolve(target)
+    family = targets.family(target)
+    if family == "cuda" or schedules.sequence_rule(target) is None:
+        raise ValueError(f"cannot export a GRU layer for target {family!r} ({target.kind.name}): the "
+                         "whole-sequence kernel has CPU schedules only (x86, aarch64; see tvm_gru.schedules) and "
+                         "the deployed layer runs on CPUs. Export the cell for this target instead "
+                         "(layer.cell.export(path, target=...)) and run the time loop around it, or export the "
+                         "layer for 'host', 'x86' or 'aarch64'")
+    cell = layer.cell
+    config = cell.config
+    lanes = targets.lanes(target, config.dtype)
+    executable, table = compile_sequence_kernels(layer, batches, target, lanes, bool(masking))
+
+
+    packed = pack_sequence_weights(config, cell.kernel, cell.recurrent_kernel, cell.bias if config.use_bias else None,
+                                   lanes)
+    steps_first = layer.time_major
+    meta = {
+        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["layer"], "kind": "layer",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(), "input_dim": layer.input_dim, "units": config.units,
+        "dtype": config.dtype, "batch_sizes": batches, "lanes": lanes,
+        "layer": {"name": layer.name, **{flag: bool(getattr(layer, flag)) for flag in LAYER_FLAGS},
+                  "masking": bool(masking)},
+        "keras_config": layer.get_config(),
+        "shapes": {"inputs": ["time", "batch", layer.input_dim] if steps_first else ["batch", "time", layer.input_dim],
+                   "mask": ["time", "batch"] if steps_first else ["batch", "time"],
+                   "states": ["batch", config.units], **{n: list(a.shape) for n, a in packed.items()}},
+        "target": _target_meta(target, family),
+        "kernel": {"library": "kernel.so", "functions": table, "weights": list(packed),
+                   "args": ["x", "h0", "[mask]", *packed, "[sequence]", "last", "state", "reverse"],
+                   # the "frame" functions (single streamed frames): the step kernel, R_h block-major (NB, H, 1, V),
+                   # rebuilt from candidate_packed at load time
+                   "frame_args": ["x (B, I)", "h (B, H)", *packed, "h_new (B, H)"]},
+    }
+    return _write_artifact(dest, executable, family, packed, meta, overwrite)
+
+
+# ---------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,120 @@
+"""Keras weights <-> the packed layout the kernels stream.
+
+Keras stores ``kernel`` (I, 3H) and ``recurrent_kernel`` (H, 3H) with gate-major columns [z | r | h].
+At batch 1 a step is a weight-streaming GEMV, so the kernels read a blocked, gate-interleaved copy made
+once at ``set_weights`` time:
+
+    packed[n, k, g, v] = W[k, g*H + n*V + v]      (zero where n*V + v >= H)
+
+shape (NB, K, G, V) with NB = ceil(H/V). For one block of V units the inner loop over k reads one
+contiguous run of G*V values: the z, r and candidate columns of those units, so all gates come out
+of one pass, each as one SIMD vector, and the gate math can run in the product's epilogue.
+SIMD targets (V > 1) use this layout for both implementations: implementation 1 and 2 compute the same
+column dot products, summed over k in the same order, and differ only in their dropout masks, which the
+kernel applies per gate. With V = 1 (CUDA, one unit per warp), implementation 1 keeps one contiguous row
+of K values per gate and unit: (G, H, K, 1).
+The kernel and recurrent kernel may be stored as float16 for a float32 cell (``weight_dtype``); the
+layout is the same (V stays the float32 SIMD width: V halves are one half-width load, widened in registers).
+Bias is packed as (2, 3, Hp): row 0 the input bias, row 1 the recurrent bias (zeros unless reset_after).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .buffers import aligned_empty
+
+__all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable"]
+
+
+def layout(config, lanes: int) -> dict:
+    """Which gates each packed weight holds, and whether they are interleaved.
+
+    Returns ``{name: (source, gates, fused)}``: ``source`` is "kernel" or "recurrent_kernel", ``gates`` a
+    tuple of gate indices (0=z, 1=r, 2=h), ``fused`` True for the gate-interleaved (NB, K, G, V) layout
+    (implementation 2, and every SIMD target), False for the gate-major (G, NB, K, V) layout that
+    implementation 1 keeps at ``lanes == 1`` (one contiguous stream per gate product). With
+    reset_after=False the candidate's recurrent columns are a separate array, read in the second phase.
+    """
+    fused = config.implementation == 2 or lanes > 1
+    out = {"kernel_packed": ("kernel", (0, 1, 2), fused)}
+    if config.reset_after:
+        out["recurrent_packed"] = ("recurrent_kernel", (0, 1, 2), fused)
+    else:
+        out["recurrent_packed"] = ("recurrent_kernel", (0, 1), fused)
+        out["candidate_packed"] = ("recurrent_kernel", (2,), fused)
+    return out
+
+
+def packed_shape(depth: int, units: int, lanes: int, gates, fused: bool) -> tuple:
+    nb = -(-units // lanes)
+    return (nb, depth, len(gates), lanes) if fused else (len(gates), nb, depth, lanes)
+
+
+def pack_matrix(w: np.ndarray, units: int, lanes: int, dtype, gates=(0, 1, 2), fused=True) -> np.ndarray:
+    """(K, 3H) Keras matrix -> packed (NB, K, G, V) if ``fused`` else (G, NB, K, V), 64-byte aligned."""
+    k = w.shape[0]
+    nb = -(-units // lanes)
+    padded = np.zeros((k, len(gates), nb * lanes), dtype=dtype)
+    padded[:, :, :units] = w.reshape(k, 3, units)[:, list(gates)]
+    blocked = padded.reshape(k, len(gates), nb, lanes)
+    out = aligned_empty(packed_shape(k, units, lanes, gates, fused), dtype)
+    out[...] = blocked.transpose(2, 0, 1, 3) if fused else blocked.transpose(1, 2, 0, 3)
+    return out
+
+
+def unpack_matrix(packed: np.ndarray, units: int, fused=True) -> np.ndarray:
+    """Inverse of :func:`pack_matrix`: returns (K, G*H) for the packed gates."""
+    blocked = packed.transpose(1, 2, 0, 3) if fused else packed.transpose(2, 0, 1, 3)
+    k, g, nb, lanes = blocked.shape
+    return blocked.reshape(k, g, nb * lanes)[:, :, :units].reshape(k, g * units)
+
+
+def pack_bias(bias: np.ndarray | None, units: int, lanes: int, dtype) -> np.ndarray:
+    """Keras bias ((3H,), (2, 3H) or None) -> (2, 3, Hp) packed."""
+    nb = -(-units // lanes)
+    out = aligned_empty((2, 3, nb * lanes), dtype)
+    out[...] = 0
+    if bias is not None:
+        rows = np.reshape(bias, (-1, 3, units))
+        out[: rows.shape[0], :, :units] = rows
+    return out
+
+
+def unpack_bias(packed: np.ndarray, units: int, reset_after: bool) -> np.ndarray:
+    rows = packed[:, :, :units].reshape(2, 3 * units)
+    return rows.copy() if reset_after else rows[0].copy()
+
+
+def check_storable(weight_dtype, matrices: dict) -> None:
+    """Refuse finite weights beyond the storage dtype's range (float16: |w| > 65504 would be stored as inf).
+
+    ``matrices``: ``{name: array}``. Smaller values round to nearest (below 6e-8 to zero, as float16 does).
+    """
+    dt = np.dtype(weight_dtype)
+    if dt != np.float16:
+        return
+    top = float(np.finfo(dt).max)
+    for name, w in matrices.items():
+        w = np.asarray(w)
+        finite = np.abs(w[np.isfinite(w)])
+        peak = float(finite.max()) if finite.size else 0.0
+        if peak > top:
+            raise ValueError(f"`weight_dtype`='float16': the {name} holds {peak:.6g}, beyond the largest float16 "
+                             f"({top:.6g}); keep weight_dtype='float32' for these weights")
+
+
+def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int, weight_dtype=None) -> dict:
+    """All packed arrays a step kernel takes, by parameter name (see :func:`layout`).
+
+    ``weight_dtype``: storage dtype of the kernel and recurrent kernel arrays (None: ``config.dtype``; "float16"
+    rounds them to nearest half); the bias stays in ``config.dtype``.
+    """
+    sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
+    wdt = config.dtype if weight_dtype is None else weight_dtype
+    check_storable(wdt, sources)
+    out = {name: pack_matrix(sources[src], config.units, lanes, wdt, gates, fused)
+           for name, (src, gates, fused) in layout(config, lanes).items()}
+    if config.use_bias:
+        out["bias_packed"] = pack_bias(bias, config.units, lanes, config.dtype)
+    return out
