@@ -207,13 +207,11 @@ def test_cli_export_aarch64_seeded_cell(tmp_path, capsys):
 
 
 def test_cli_export_from_onnx(tmp_path):
-    onnx_io = pytest.importorskip("tvm_gru.interop.onnx_io")
-    if not hasattr(onnx_io, "cell_to_onnx"):
-        pytest.skip("tvm_gru.interop.onnx_io.cell_to_onnx not available")
     from tvm_gru import cli  # noqa: PLC0415
+    from tvm_gru.interop.onnx_export import cell_to_onnx  # noqa: PLC0415
 
     cell = _cell(units=10, input_dim=5)
-    onnx_io.cell_to_onnx(cell, str(tmp_path / "gru.onnx"))
+    cell_to_onnx(cell, str(tmp_path / "gru.onnx"))
     assert cli.main(["export", "--onnx", str(tmp_path / "gru.onnx"), "--out", str(tmp_path / "art")]) == 0
     x, h = np.ones((1, 5), "float32"), np.zeros((1, 10), "float32")
     np.testing.assert_allclose(load(tmp_path / "art")(x, [h])[0], cell(x, [h])[0], atol=1e-5)

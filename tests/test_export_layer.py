@@ -398,9 +398,8 @@ def test_cli_export_seeded_layer_flags(tmp_path):
 
 
 def test_cli_export_layer_from_onnx(tmp_path):
-    onnx_io = pytest.importorskip("tvm_gru.interop.onnx_io")
-    pytest.importorskip("onnx")
     from tvm_gru import cli  # noqa: PLC0415
+    from tvm_gru.interop import onnx_io  # noqa: PLC0415
 
     layer = _layer("backwards", seed=6)
     layer.to_onnx(str(tmp_path / "gru.onnx"))

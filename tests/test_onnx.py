@@ -11,7 +11,8 @@ import pytest
 from conftest import tolerance
 from onnx import TensorProto, helper, numpy_helper
 
-from tvm_gru.interop.onnx_io import cell_to_onnx, from_onnx, lengths_to_mask, run_onnx
+from tvm_gru.interop.onnx_export import cell_to_onnx
+from tvm_gru.interop.onnx_io import from_onnx, lengths_to_mask, run_onnx
 from tvm_gru.layers.bidirectional import Bidirectional
 from tvm_gru.layers.cell import GRUCell
 from tvm_gru.layers.gru import GRU

@@ -29,8 +29,8 @@ from .runtime.deployed_layer import DeployedGRU  # noqa: E402
 # only numpy and apache-tvm-ffi (a board that runs artifacts has no TVM compiler).
 _LAZY = {"irmodule": "build.modules", "primfunc": "build.modules", "packed_weights": "build.modules",
          "export_cell": "deploy.export", "export_layer": "deploy.export", "from_onnx": "interop.onnx_io",
-         "run_onnx": "interop.onnx_io", "cell_to_onnx": "interop.onnx_io", "layer_to_onnx": "interop.onnx_io",
-         "bidirectional_to_onnx": "interop.onnx_io", "tune": "tuning.tune"}
+         "run_onnx": "interop.onnx_io", "cell_to_onnx": "interop.onnx_export", "layer_to_onnx": "interop.onnx_export",
+         "bidirectional_to_onnx": "interop.onnx_export", "tune": "tuning.tune"}
 
 
 def __getattr__(name: str):

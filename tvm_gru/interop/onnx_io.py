@@ -1,4 +1,4 @@
-"""ONNX ``GRU`` <-> tvm_gru, with the exact mapping between the two.
+"""ONNX ``GRU`` nodes -> tvm_gru layers (the writer is :mod:`.onnx_export`), with the exact mapping between the two.
 
 ONNX orders the gates z, r, h like Keras, so the weights only transpose:
 
@@ -29,60 +29,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..ops import activations
+from .onnx_mapping import GRU_VERSIONS, ONNX_PARAMS, keras_activation, opset_range
 
-__all__ = ["from_onnx", "layer_to_onnx", "bidirectional_to_onnx", "cell_to_onnx", "run_onnx", "lengths_to_mask"]
-
-# ONNX activation (lower-cased) -> (takes alpha, takes beta, default alpha, default beta), as onnxruntime reads
-# the activation_alpha / activation_beta lists: consumed in order by the activations that take them.
-_ONNX_PARAMS = {
-    "affine": (True, True, 1.0, 0.0), "leakyrelu": (True, False, 0.01, None),
-    "thresholdedrelu": (True, False, 1.0, None), "scaledtanh": (True, True, 1.0, 1.0),
-    "hardsigmoid": (True, True, 0.2, 0.5), "elu": (True, False, 1.0, None),
-    "relu": (False, False, None, None), "tanh": (False, False, None, None), "sigmoid": (False, False, None, None),
-    "softsign": (False, False, None, None), "softplus": (False, False, None, None),
-}
-
-
-def _keras_activation(name: str, alpha, beta) -> str | None:
-    """The Keras activation equal to ONNX ``name(alpha, beta)``, or None."""
-    f32 = np.float32
-    same = (lambda a, b: a is not None and f32(a) == f32(b))  # noqa: E731
-    table = {
-        "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "softsign": "softsign", "softplus": "softplus",
-    }
-    if name in table:
-        return table[name]
-    if name == "hardsigmoid" and same(alpha, 0.2) and same(beta, 0.5):
-        return "hard_sigmoid"  # the tf_keras formula clip(0.2 x + 0.5, 0, 1)
-    if name == "affine" and same(alpha, 1.0) and same(beta, 0.0):
-        return "linear"
-    if name == "elu" and same(alpha, 1.0):
-        return "elu"
-    if name == "leakyrelu" and same(alpha, activations.LEAKY_ALPHA):
-        return "leaky_relu"
-    if name == "scaledtanh" and same(alpha, 1.0) and same(beta, 1.0):
-        return "tanh"
-    if name == "thresholdedrelu" and same(alpha, 0.0):
-        return "relu"
-    return None
-
-
-def _onnx_activation(name: str, role: str) -> tuple:
-    """Keras activation -> ONNX (op, alpha, beta); ValueError naming it when ONNX has no equal."""
-    spec = activations.get(name).onnx
-    if spec is None:
-        representable = sorted(n for n in activations.names() if activations.get(n).onnx is not None)
-        raise ValueError(f"`{role}`={name!r} has no ONNX GRU equivalent; representable activations are "
-                         f"{representable}")
-    return spec
-
+__all__ = ["from_onnx", "run_onnx", "lengths_to_mask"]
 
 # ------------------------------------------------------------------------------------------------ import
 # The GRU versions the importer implements. GRU-1 and GRU-3 (opsets 1 to 6) have other attributes
 # (``output_sequence``); GRU-14 adds ``layout``; GRU-22 only admits bfloat16, which the dtype check refuses.
-_GRU_VERSIONS = (7, 14, 22)
-_FIRST_OPSET = 7
 _SLOTS = ("X", "W", "R", "B", "sequence_lens", "initial_h")  # the GRU node's inputs, in order
 _ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -150,20 +103,12 @@ def _pick_node(graph, node):
     raise TypeError(f"`node` must be None, an int, a str or a NodeProto; received {type(node).__name__}")
 
 
-def _opset_range() -> range:
-    """The ai.onnx opsets whose GRU the importer and exporter implement: from GRU-7 up to the newest opset the
-    installed ``onnx`` knows (a newer one may bring a GRU version the importer was never checked against)."""
-    from onnx import defs  # noqa: PLC0415
-
-    return range(_FIRST_OPSET, defs.onnx_opset_version() + 1)
-
-
 def _gru_opset(model, where: str) -> int:
     """The model's ai.onnx opset, or ValueError naming it when its GRU is not one the importer implements."""
     import onnx  # noqa: PLC0415
 
     versions = sorted({o.version for o in model.opset_import if o.domain in _ONNX_DOMAINS})
-    supported = _opset_range()
+    supported = opset_range()
     expected = f"expected one ai.onnx opset in {supported.start}..{supported.stop - 1}"
     if len(versions) != 1:
         raise ValueError(f"{where}: the model imports the ai.onnx opset {versions or 'nowhere'}; {expected}")
@@ -172,9 +117,9 @@ def _gru_opset(model, where: str) -> int:
         raise ValueError(f"{where}: ai.onnx opset {opset} is newer than the installed onnx {onnx.__version__} knows; "
                          f"{expected}")
     since = onnx.defs.get_schema("GRU", max(opset, 1)).since_version
-    if opset < supported.start or since not in _GRU_VERSIONS:
+    if opset < supported.start or since not in GRU_VERSIONS:
         raise ValueError(f"{where}: ai.onnx opset {opset} means GRU-{since}, which tvm_gru does not implement "
-                         f"(GRU-{', GRU-'.join(map(str, _GRU_VERSIONS))}); {expected}")
+                         f"(GRU-{', GRU-'.join(map(str, GRU_VERSIONS))}); {expected}")
     return opset
 
 
@@ -454,13 +399,13 @@ def _activation_pairs(attrs, directions: int) -> list:
     out = []
     for name in names:
         key = name.lower()
-        if key not in _ONNX_PARAMS:
+        if key not in ONNX_PARAMS:
             raise ValueError(f"attribute 'activations': {name!r} is not an ONNX RNN activation "
-                             f"({sorted(_ONNX_PARAMS)})")
-        takes_a, takes_b, default_a, default_b = _ONNX_PARAMS[key]
+                             f"({sorted(ONNX_PARAMS)})")
+        takes_a, takes_b, default_a, default_b = ONNX_PARAMS[key]
         alpha = (alphas.pop(0) if alphas else default_a) if takes_a else None
         beta = (betas.pop(0) if betas else default_b) if takes_b else None
-        keras = _keras_activation(key, alpha, beta)
+        keras = keras_activation(key, alpha, beta)
         if keras is None:
             raise ValueError(f"attributes 'activations'/'activation_alpha'/'activation_beta': {name}"
                              f"(alpha={alpha}, beta={beta}) cannot be represented by a Keras activation "
@@ -671,122 +616,3 @@ def run_onnx(layer, X, sequence_lens=None, initial_h=None):
     Y = np.stack(outs, axis=1 if layer.time_major else 2)
     Y_h = np.stack(states, axis=0 if layer.time_major else 1)
     return np.ascontiguousarray(Y), np.ascontiguousarray(Y_h)
-
-
-# ------------------------------------------------------------------------------------------------ export
-def _gru_model(directions, *, opset, direction, batch, input_dim, step_input=False, graph_name="tvm_gru"):
-    """One GRU node for ``directions`` = [(config, Keras weights)] (two for ``direction="bidirectional"``)."""
-    import onnx  # noqa: PLC0415
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
-
-    supported = _opset_range()  # the opsets from_onnx reads back
-    if not isinstance(opset, int) or isinstance(opset, bool) or opset not in supported:
-        raise ValueError(f"`opset` must be an int in {supported.start}..{supported.stop - 1} (GRU-7 and later); "
-                         f"received {opset!r}")
-    config = directions[0][0]
-    units, dt, use_bias = config.units, config.dtype, any(c.use_bias for c, _ in directions)
-    W, R, B, ops = [], [], [], []
-    for cfg, weights in directions:
-        ops += [_onnx_activation(cfg.recurrent_activation, "recurrent_activation"),
-                _onnx_activation(cfg.activation, "activation")]
-        W.append(np.asarray(weights[0]).T)
-        R.append(np.asarray(weights[1]).T)
-        bias = weights[2] if cfg.use_bias else np.zeros((2, 3 * units) if cfg.reset_after else 3 * units, dt)
-        B.append(np.reshape(bias, 6 * units) if cfg.reset_after else np.r_[bias, np.zeros(3 * units, dt)])
-    inits = [numpy_helper.from_array(np.ascontiguousarray(np.stack(W), dt), "W"),
-             numpy_helper.from_array(np.ascontiguousarray(np.stack(R), dt), "R")]
-    if use_bias:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(np.stack(B), dt), "B"))
-    attrs = dict(hidden_size=units, activations=[op[0] for op in ops], linear_before_reset=int(config.reset_after))
-    alphas = [op[1] for op in ops if op[1] is not None]
-    betas = [op[2] for op in ops if op[2] is not None]
-    if alphas:
-        attrs["activation_alpha"] = [float(a) for a in alphas]
-    if betas:
-        attrs["activation_beta"] = [float(b) for b in betas]
-    if direction != "forward":
-        attrs["direction"] = direction
-    elem = TensorProto.FLOAT if dt == "float32" else TensorProto.DOUBLE
-    batch_dim = batch if batch is not None else "batch"
-    steps, dirs = (1 if step_input else "sequence"), len(directions)
-    graph_inputs = [helper.make_tensor_value_info("X", elem, [steps, batch_dim, input_dim])]
-    node_inputs = ["X", "W", "R", "B" if use_bias else ""]
-    if step_input:
-        graph_inputs.append(helper.make_tensor_value_info("initial_h", elem, [1, batch_dim, units]))
-        node_inputs += ["", "initial_h"]
-    outputs = [helper.make_tensor_value_info("Y_h", elem, [dirs, batch_dim, units])]
-    node_outputs = ["", "Y_h"]
-    if not step_input:
-        outputs.insert(0, helper.make_tensor_value_info("Y", elem, [steps, dirs, batch_dim, units]))
-        node_outputs[0] = "Y"
-    node = helper.make_node("GRU", node_inputs, node_outputs, name="gru", **attrs)
-    graph = helper.make_graph([node], graph_name, graph_inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tvm_gru")
-    model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime releases of the last years
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _save(model, path):
-    import onnx  # noqa: PLC0415
-
-    if path is not None:
-        onnx.save(model, str(path))
-    return model
-
-
-def layer_to_onnx(layer, path=None, opset: int = 14, batch=None):
-    """Write ``layer`` as one ONNX GRU node; returns the ``onnx.ModelProto`` (saved to ``path`` if given).
-
-    The model takes ``X`` (sequence, batch, input_dim) (ONNX layout 0, whatever the layer's ``time_major``)
-    and returns ``Y`` (sequence, 1, batch, units) and ``Y_h`` (1, batch, units). A ``go_backwards`` layer
-    becomes ``direction="reverse"``, whose ``Y`` is in input time order (the layer's is reversed).
-    """
-    if not layer.built:
-        raise ValueError("`to_onnx` needs a built layer: call build(input_shape), set_weights or the layer first")
-    model = _gru_model([(layer.cell.config, layer.get_weights())], opset=opset,
-                       direction="reverse" if layer.go_backwards else "forward", batch=batch,
-                       input_dim=layer.input_dim, graph_name=layer.name)
-    return _save(model, path)
-
-
-def bidirectional_to_onnx(wrapper, path=None, opset: int = 14, batch=None):
-    """Write a :class:`tvm_gru.Bidirectional` as one GRU node with ``direction="bidirectional"``.
-
-    Inputs and outputs as :func:`layer_to_onnx` with two directions: ``Y`` (sequence, 2, batch, units), ``Y_h``
-    (2, batch, units); direction 0 is the forward layer, 1 the backward one. The node holds the two layers, not
-    the wrapper's merge (apply it to ``Y``: concatenate, sum, average or multiply ``Y[:, 0]`` and ``Y[:, 1]``).
-
-    Raises
-    ------
-    ValueError
-        An unbuilt wrapper; a forward layer that runs backwards (ONNX's direction 0 runs forwards); two
-        directions that differ in ``units``, ``reset_after`` (one ``linear_before_reset`` per node) or dtype.
-    """
-    fw, bw = wrapper.forward_layer, wrapper.backward_layer
-    if not wrapper.built:
-        raise ValueError("`to_onnx` needs a built layer: call build(input_shape), set_weights or the layer first")
-    if fw.go_backwards:
-        raise ValueError("`to_onnx`: the forward layer has go_backwards=True; an ONNX bidirectional GRU runs "
-                         "direction 0 forwards (wrap a layer with go_backwards=False)")
-    for key in ("units", "reset_after", "dtype"):
-        a, b = getattr(fw.cell.config, key), getattr(bw.cell.config, key)
-        if a != b:
-            raise ValueError(f"`to_onnx`: the two directions differ in `{key}` ({a} forward, {b} backward); one "
-                             f"ONNX GRU node has one")
-    model = _gru_model([(fw.cell.config, fw.get_weights()), (bw.cell.config, bw.get_weights())], opset=opset,
-                       direction="bidirectional", batch=batch, input_dim=fw.input_dim, graph_name=wrapper.name)
-    return _save(model, path)
-
-
-def cell_to_onnx(cell, path=None, opset: int = 14, batch=None):
-    """Write one step of ``cell`` as an ONNX GRU node with ``seq_length`` 1.
-
-    Inputs ``X`` (1, batch, input_dim) and ``initial_h`` (1, batch, units); output ``Y_h`` (1, batch, units)
-    = the new state. Returns the ``onnx.ModelProto`` (saved to ``path`` if given).
-    """
-    if not cell.built:
-        raise ValueError("`to_onnx` needs a built cell: call build(input_shape), set_weights or the cell first")
-    model = _gru_model([(cell.config, cell.get_weights())], opset=opset, direction="forward", batch=batch,
-                       input_dim=cell.input_dim, step_input=True, graph_name=cell.name)
-    return _save(model, path)

@@ -282,7 +282,7 @@ class Bidirectional:
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write both directions as one ONNX GRU node with ``direction="bidirectional"``.
 
-        See :func:`tvm_gru.interop.onnx_io.bidirectional_to_onnx`: the node holds the two layers, not the merge.
+        See :func:`tvm_gru.interop.onnx_export.bidirectional_to_onnx`: the node holds the two layers, not the merge.
         """
         return hooks.writer("bidirectional_to_onnx")(self, path, opset=opset, batch=batch)
 

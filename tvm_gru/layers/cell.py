@@ -454,7 +454,7 @@ class GRUCell:
                            overwrite=overwrite, weight_dtype=weight_dtype)
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
-        """Write one step as an ONNX GRU node (see :func:`tvm_gru.interop.onnx_io.cell_to_onnx`)."""
+        """Write one step as an ONNX GRU node (see :func:`tvm_gru.interop.onnx_export.cell_to_onnx`)."""
         return hooks.writer("cell_to_onnx")(self, path, opset=opset, batch=batch)
 
     def __repr__(self) -> str:

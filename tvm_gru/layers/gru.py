@@ -270,7 +270,7 @@ class GRU(SequenceLayerCalls):
                                             batch=batch, masking=masking, overwrite=overwrite)
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
-        """Write the layer as one ONNX GRU node (see :func:`tvm_gru.interop.onnx_io.layer_to_onnx`)."""
+        """Write the layer as one ONNX GRU node (see :func:`tvm_gru.interop.onnx_export.layer_to_onnx`)."""
         return hooks.writer("layer_to_onnx")(self, path, opset=opset, batch=batch)
 
     # ------------------------------------------------------------------ call
