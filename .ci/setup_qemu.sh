@@ -6,7 +6,7 @@
 #   * a site folder with the aarch64 wheels of apache-tvm-ffi, numpy and typing_extensions,
 #   * the aarch64 libtvm_runtime.so from the apache-tvm wheel (what parallel kernels link against), put where
 #     tvm_gru.export looks for it ($TVM_GRU_RUNTIME_LIBS, default ~/.cache/tvm_gru_runtime_libs),
-#   * for tuning over TVM's RPC (tests/test_arm_qemu_tune.py): an aarch64 TVM, runtime only, that runs
+#   * for tuning over TVM's RPC (tests/tuning/test_arm_qemu_tune.py): an aarch64 TVM, runtime only, that runs
 #     `python -m tvm.exec.rpc_server` under emulation ($CACHE/tvm-rpc-<version>/site: the wheel's Python package
 #     and runtime libraries without its 240 MB compiler library and CUTLASS headers, plus the aarch64 wheels of
 #     ml_dtypes, psutil and cloudpickle), and $CACHE/bin/python3.11, a wrapper that starts the arm64 Python

@@ -1,7 +1,7 @@
 """Per-step latency of deployed CUDA artifacts against torch's GRUCell and cuDNN GRU, batch 1.
 
 Runs on a GPU machine with only apache-tvm-ffi + numpy + torch (the artifacts are made elsewhere with
-``python tests/test_cuda.py --bundle DIR --arch sm_90``)::
+``python tests/schedules/test_cuda.py --bundle DIR --arch sm_90``)::
 
     python benchmarks/cuda_bench.py DIR [--json out.json]
 

@@ -1,6 +1,6 @@
 """Generate ONNX goldens written by ``torch.onnx.export`` from ``torch.nn.GRU``.
 
-tests/test_onnx.py::test_torch_exported_goldens imports these models with ``tvm_gru.from_onnx`` and compares
+tests/interop/test_onnx.py::test_torch_exported_goldens imports these models with ``tvm_gru.from_onnx`` and compares
 against torch's own outputs, so the torch exporter's GRU (gate order, ``linear_before_reset=1``, bias layout,
 computed ``initial_h``, Transpose/Squeeze around the node) is covered in CI, where torch is not installed.
 torch is NOT a dependency of tvm_gru; it is only needed to regenerate these files, so install it in a

@@ -2,7 +2,7 @@
 
 :func:`irmodule` returns an ``IRModule`` holding one scheduled TIR ``PrimFunc`` (the same kernel a
 :class:`tvm_gru.GRUCell` runs), and :func:`packed_weights` the weight arrays it takes, in argument order.
-Call it from Relax with ``call_tir`` (this example runs as ``tests/test_export.py::test_relax_call_tir``)::
+Call it from Relax with ``call_tir`` (this example runs as ``tests/deploy/test_export.py::test_relax_call_tir``)::
 
     import numpy as np, tvm, tvm_gru
     from tvm import relax

@@ -23,10 +23,10 @@ import tvm_gru
 from tvm_gru.deploy.export import export_cell
 from tvm_gru.ops import reference
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import tolerance  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, sys

@@ -229,7 +229,7 @@ def test_torch_exported_gru(tmp_path):
 # ------------------------------------------------------------------------------------------------ torch goldens
 # Models written by torch.onnx.export (TorchScript exporter, opset 14) from torch.nn.GRU, with torch's outputs,
 # committed by tests/goldens/make_torch_onnx.py: the torch exporter's graphs are covered where torch is absent.
-TORCH_DIR = Path(__file__).parent / "goldens" / "torch_onnx"
+TORCH_DIR = Path(__file__).parents[1] / "goldens" / "torch_onnx"
 TORCH_CASES = ["plain", "h0", "bidirectional", "no_bias", "two_layers", "batch_first"]
 TORCH_ATOL = 1e-5
 

@@ -15,7 +15,7 @@ import pytest
 
 from tvm_gru import Bidirectional
 
-GOLDENS = Path(__file__).parent / "goldens" / "bidirectional"
+GOLDENS = Path(__file__).parents[1] / "goldens" / "bidirectional"
 META = json.loads((GOLDENS / "cases.json").read_text())
 CASES = {c["name"]: c for c in META["cases"]}
 ATOL = 2e-6

@@ -7,7 +7,7 @@ and the server loads and times it under emulation. Emulated times say nothing ab
 is checked is the pipeline (records, trials, the hand baseline measured over RPC) and that a record it wrote,
 applied at compile time, still computes the Keras v1 step on aarch64 (run under qemu with the minimal runtime).
 
-Without the kit the test skips, except under CI, where it fails (as tests/test_arm_qemu.py).
+Without the kit the test skips, except under CI, where it fails (as tests/deploy/test_arm_qemu.py).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from tvm_gru.deploy.export import export_cell
 from tvm_gru.ops import reference
 from tvm_gru.runtime.artifact import METADATA, load
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import tolerance  # noqa: E402
 
 SENTINEL = "keep-me.txt"

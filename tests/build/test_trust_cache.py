@@ -24,7 +24,7 @@ import tvm_gru
 from tvm_gru import build
 from tvm_gru.ops import reference
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import tolerance  # noqa: E402
 
 UNITS, INPUT = 8, 4

@@ -18,7 +18,7 @@ from tvm_gru.deploy.export import export_cell
 from tvm_gru.ops import reference
 from tvm_gru.runtime.artifact import FORMAT_VERSION, METADATA, ArtifactError, load, verify
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import assert_tampered_kernel_refused, biased_cell, tolerance  # noqa: E402
 
 

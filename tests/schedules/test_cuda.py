@@ -2,7 +2,7 @@
 the numeric tests run on a GPU machine and skip cleanly elsewhere.
 
 On a GPU machine without the TVM compiler (only apache-tvm-ffi + numpy + torch), point
-``TVM_GRU_CUDA_BUNDLE`` at a bundle made here with ``python tests/test_cuda.py --bundle DIR --arch sm_90``:
+``TVM_GRU_CUDA_BUNDLE`` at a bundle made here with ``python tests/schedules/test_cuda.py --bundle DIR --arch sm_90``:
 the GPU tests then load those artifacts with the minimal runtime.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import biased_cell, tolerance  # noqa: E402
 
 CASES = [  # name, config, input_dim, batch sizes
@@ -120,7 +120,7 @@ def test_cuda_load_without_gpu_is_a_clear_error(built):
 # ------------------------------------------------------------------------------------ numeric (GPU)
 def gpu_bundle_or_skip(env_var: str, build) -> Path:
     """The artifacts a GPU test runs: skip without a GPU; else the folder named by ``env_var`` (built elsewhere,
-    e.g. ``python tests/test_cuda.py --bundle DIR``), or ``build()`` here."""
+    e.g. ``python tests/schedules/test_cuda.py --bundle DIR``), or ``build()`` here."""
     if not has_gpu():
         pytest.skip("no CUDA GPU on this machine")
     env = os.environ.get(env_var)

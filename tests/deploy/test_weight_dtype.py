@@ -28,7 +28,7 @@ from tvm_gru.ops import compute, reference
 from tvm_gru.runtime.artifact import METADATA, ArtifactError, load
 from tvm_gru.runtime.packing import unpack_matrix
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import biased_cell, tolerance  # noqa: E402
 
 U16 = 2.0 ** -11  # unit roundoff of IEEE half (round to nearest)
@@ -121,7 +121,7 @@ def test_float16_is_another_workload():
 
 def test_committed_tuning_baselines_still_match():
     """Every hand baseline of the tuning logs names a workload hash that today's float32 compute reproduces."""
-    files = sorted(Path(__file__).parent.parent.glob("tuning_logs/*/hand_baseline.json"))
+    files = sorted(Path(__file__).parents[2].glob("tuning_logs/*/hand_baseline.json"))
     if not files:
         pytest.skip("no tuning_logs/*/hand_baseline.json in this checkout")
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
