@@ -5,8 +5,9 @@
 >>> out, [h] = cell(np.ones((1, 32), "float32"), [np.zeros((1, 64), "float32")])
 
 The public face: everything a user needs is importable from here. The subpackages are layered (import-linter
-checks it, see pyproject.toml): ``cli`` > ``deploy`` | ``interop`` | ``tuning`` > ``layers`` > ``build`` >
-``schedules`` > ``ops`` | ``targets`` | ``keras_objects`` > ``runtime`` (numpy + apache-tvm-ffi only).
+checks it, see pyproject.toml): ``cli`` > ``models`` > ``relax`` > ``deploy`` | ``interop`` | ``tuning`` >
+``layers`` > ``build`` > ``schedules`` > ``ops`` | ``targets`` | ``keras_objects`` > ``runtime`` (numpy +
+apache-tvm-ffi only).
 """
 
 import importlib
@@ -24,13 +25,14 @@ from .ops.config import GRUConfig, StepSpec  # noqa: E402
 from .runtime.artifact import ArtifactError, load, verify  # noqa: E402
 from .runtime.deployed_cell import DeployedCell  # noqa: E402
 from .runtime.deployed_layer import DeployedGRU  # noqa: E402
+from .runtime.deployed_model import DeployedModel  # noqa: E402
 
 # The compiler side (TVM, onnx, MetaSchedule) is imported on first use, so `import tvm_gru` and `tvm_gru.load` need
 # only numpy and apache-tvm-ffi (a board that runs artifacts has no TVM compiler).
 _LAZY = {"irmodule": "build.modules", "primfunc": "build.modules", "packed_weights": "build.modules",
          "export_cell": "deploy.export", "export_layer": "deploy.export", "from_onnx": "interop.onnx_io",
          "run_onnx": "interop.onnx_io", "cell_to_onnx": "interop.onnx_export", "layer_to_onnx": "interop.onnx_export",
-         "bidirectional_to_onnx": "interop.onnx_export", "tune": "tuning.tune"}
+         "bidirectional_to_onnx": "interop.onnx_export", "tune": "tuning.tune", "Model": "models.model"}
 
 
 def __getattr__(name: str):
@@ -53,6 +55,6 @@ def _deferred(name: str):
 for _writer in ("export_cell", "export_layer", "cell_to_onnx", "layer_to_onnx", "bidirectional_to_onnx"):
     hooks.register(_writer, _deferred(_writer))
 
-__all__ = ["GRUCell", "GRU", "Bidirectional", "GRUConfig", "StepSpec", "from_onnx", "run_onnx", "tune", "load",
-           "verify", "DeployedCell", "DeployedGRU", "ArtifactError", "export_cell", "export_layer", "primfunc",
-           "irmodule", "packed_weights", "__version__"]
+__all__ = ["GRUCell", "GRU", "Bidirectional", "Model", "GRUConfig", "StepSpec", "from_onnx", "run_onnx", "tune",
+           "load", "verify", "DeployedCell", "DeployedGRU", "DeployedModel", "ArtifactError", "export_cell",
+           "export_layer", "primfunc", "irmodule", "packed_weights", "__version__"]

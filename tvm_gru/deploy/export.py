@@ -51,7 +51,7 @@ from ..runtime.packing import pack_weights
 from .destination import check_destination, publish
 from .toolchains import cuda_compile_env, export_library, runtime_libs
 
-__all__ = ["export_cell", "export_layer"]
+__all__ = ["export_cell", "export_layer", "batch_list", "copy_runtime_package", "plain", "target_meta", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +82,22 @@ def compile_kernels(specs: dict, target):
         return tvm.compile(mod, target=target), list(funcs)
 
 
-def _plain(obj):
+def plain(obj):
     """TVM FFI containers (Map, Array, String) -> JSON-ready dict/list/str."""
     if isinstance(obj, (bool, int, float)) or obj is None:
         return obj
     if isinstance(obj, str):
         return str(obj)
     if hasattr(obj, "items"):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if hasattr(obj, "__iter__"):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return str(obj)
 
 
-def _target_meta(target, family: str, weight_dtype: str = "float32") -> dict:
+def target_meta(target, family: str, weight_dtype: str = "float32") -> dict:
     attrs = target.attrs
-    meta = {"family": family, "tvm": _plain(target.export()),
+    meta = {"family": family, "tvm": plain(target.export()),
             "host_arch": "aarch64" if family == "aarch64" else "x86_64", "cpu_features": []}
     if family == "aarch64":
         mattr = [str(a) for a in attrs["mattr"]] if "mattr" in attrs else []
@@ -113,7 +113,7 @@ def _target_meta(target, family: str, weight_dtype: str = "float32") -> dict:
     return meta
 
 
-def _versions() -> dict:
+def versions() -> dict:
 
     out = {"tvm_gru": __version__, "numpy": np.__version__, "python": platform.python_version()}
     for dist in ("apache-tvm", "apache-tvm-ffi"):
@@ -126,11 +126,12 @@ def _versions() -> dict:
 
 _RUNTIME_INIT = ('"""tvm_gru deployed cell/layer runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
                  "from .artifact import ArtifactError, DeployedCell, load, verify\n"
-                 "from .deployed_layer import DeployedGRU\n\n"
-                 '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "ArtifactError"]\n')
+                 "from .deployed_layer import DeployedGRU\n"
+                 "from .deployed_model import DeployedModel\n\n"
+                 '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "DeployedModel", "ArtifactError"]\n')
 
 
-def _copy_runtime_package(dest: Path) -> list:
+def copy_runtime_package(dest: Path) -> list:
     """The runtime loader as a standalone package in one zip, ``python/tvm_gru_runtime.zip`` (numpy + tvm_ffi
     only), imported with ``sys.path.insert(0, "<artifact>/python/tvm_gru_runtime.zip")``.
 
@@ -152,7 +153,7 @@ def _copy_runtime_package(dest: Path) -> list:
     return [path]
 
 
-def _batch_list(batch) -> list:
+def batch_list(batch) -> list:
     batches = sorted({int(batch)} if np.isscalar(batch) else {int(b) for b in batch})
     if not batches or batches[0] < 1:
         raise ValueError(f"`batch` must be a positive int or a non-empty sequence of them; received {batch!r}")
@@ -176,8 +177,8 @@ def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dic
             shutil.copyfile(src, dst)
             files.append(dst)
             libs.append({"path": f"lib/{dst.name}", "provides": provides})
-        files += _copy_runtime_package(tmp)
-        meta = {**meta, "weights": "weights.npz", "runtime_libs": libs, "versions": _versions(),
+        files += copy_runtime_package(tmp)
+        meta = {**meta, "weights": "weights.npz", "runtime_libs": libs, "versions": versions(),
                 "files": {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}}
         (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.chmod(0o755)
@@ -218,7 +219,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
     if not getattr(cell, "built", False):
         raise ValueError("`export_cell` needs a built cell: call build(input_shape), set_weights or the cell first")
 
-    batches = _batch_list(batch)
+    batches = batch_list(batch)
     wdt = check_weight_dtype(cell.config.dtype, getattr(cell, "weight_dtype", None) if weight_dtype is None
                              else weight_dtype)
     dest = check_destination(path, overwrite)
@@ -239,7 +240,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
         "dtype": cell.config.dtype, "weight_dtype": wdt, "batch_sizes": batches, "lanes": lanes,
         "shapes": {"inputs": ["batch", cell.input_dim], "states": ["batch", cell.config.units],
                    **{n: list(a.shape) for n, a in packed.items()}},
-        "target": _target_meta(target, family, wdt),
+        "target": target_meta(target, family, wdt),
         "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
                    "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
     }
@@ -321,7 +322,7 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
     if not getattr(layer, "built", False):
         raise ValueError("`export_layer` needs a built layer: call build(input_shape), set_weights or the layer "
                          "first")
-    batches = _batch_list(batch)
+    batches = batch_list(batch)
     dest = check_destination(path, overwrite)
     target = targets.resolve(target)
     family = targets.family(target)
@@ -351,7 +352,7 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
         "shapes": {"inputs": ["time", "batch", layer.input_dim] if steps_first else ["batch", "time", layer.input_dim],
                    "mask": ["time", "batch"] if steps_first else ["batch", "time"],
                    "states": ["batch", config.units], **{n: list(a.shape) for n, a in packed.items()}},
-        "target": _target_meta(target, family),
+        "target": target_meta(target, family),
         "kernel": {"library": "kernel.so", "functions": table, "weights": list(packed),
                    "args": ["x", "h0", "[mask]", *packed, "[sequence]", "last", "state", "reverse"],
                    # the "frame" functions (single streamed frames): the step kernel, R_h block-major (NB, H, 1, V),

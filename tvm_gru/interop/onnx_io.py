@@ -31,7 +31,7 @@ import numpy as np
 
 from .onnx_mapping import GRU_VERSIONS, ONNX_PARAMS, keras_activation, opset_range
 
-__all__ = ["from_onnx", "run_onnx", "lengths_to_mask"]
+__all__ = ["from_onnx", "run_onnx", "lengths_to_mask", "load_model", "external_tensor"]
 
 # ------------------------------------------------------------------------------------------------ import
 # The GRU versions the importer implements. GRU-1 and GRU-3 (opsets 1 to 6) have other attributes
@@ -53,9 +53,9 @@ def _parse(read, what: str, size: int):
     return model
 
 
-def _load(model_or_path) -> tuple:
+def load_model(model_or_path) -> tuple:
     """``(model, folder)``: the ``onnx.ModelProto`` and, for a model file, the folder its external data may be read
-    from (None otherwise). A file is parsed without its external data: :func:`_external_tensor` reads only the
+    from (None otherwise). A file is parsed without its external data: :func:`external_tensor` reads only the
     tensors the GRU node uses, after checking where they lie."""
     import onnx  # noqa: PLC0415
 
@@ -175,7 +175,7 @@ def _external_path(folder: Path, location: str, what: str) -> None:
                          f"folder {folder}); expected 1")
 
 
-def _external_tensor(tensor, folder: Path | None):
+def external_tensor(tensor, folder: Path | None):
     """A copy of ``tensor`` with its external data read, only from a file :func:`_external_path` accepts."""
     from onnx import TensorProto, external_data_helper  # noqa: PLC0415
 
@@ -249,7 +249,7 @@ class _Graph:
         from onnx import external_data_helper, numpy_helper  # noqa: PLC0415
 
         if external_data_helper.uses_external_data(tensor):
-            tensor = _external_tensor(tensor, self.folder)
+            tensor = external_tensor(tensor, self.folder)
         try:
             return numpy_helper.to_array(tensor)
         except Exception as err:  # noqa: BLE001  (malformed tensors raise ValueError, TypeError, KeyError...)
@@ -496,7 +496,7 @@ def from_onnx(model_or_path, node=None, target=None):
     """
     from ..layers.bidirectional import Bidirectional  # noqa: PLC0415
 
-    model, folder = _load(model_or_path)
+    model, folder = load_model(model_or_path)
     gru = _pick_node(model.graph, node)
     attrs = _attrs(gru)
     where = f"GRU node {gru.name or '(unnamed)'}"

@@ -58,6 +58,7 @@ import tvm_ffi
 
 from .deployed_cell import DeployedCell
 from .deployed_layer import DeployedGRU, weight_specs
+from .deployed_model import VM_PROVIDES, DeployedModel
 from .format import (
     FORMAT,
     FORMAT_VERSION,
@@ -76,7 +77,7 @@ from .format import (
 from .threads import default_num_threads
 from .verified_files import load_library_bytes, read_regular_file
 
-__all__ = ["load", "verify", "check_machine", "DeployedCell", "DeployedGRU", "ArtifactError", "FORMAT",
+__all__ = ["load", "verify", "check_machine", "DeployedCell", "DeployedGRU", "DeployedModel", "ArtifactError", "FORMAT",
            "FORMAT_VERSION", "KIND_VERSIONS", "METADATA"]
 
 _MACHINES = {"x86_64": ("x86_64", "amd64"), "aarch64": ("aarch64", "arm64")}
@@ -398,9 +399,10 @@ def load(path, device_id: int = 0):
 
     Returns
     -------
-    DeployedCell or DeployedGRU
+    DeployedCell, DeployedGRU or DeployedModel
         A cell artifact is called like the Keras cell: ``out, [h] = cell(x, [h])``; a layer artifact like the
-        Keras GRU layer: ``layer(inputs, mask=None, training=None, initial_state=None)``.
+        Keras GRU layer: ``layer(inputs, mask=None, training=None, initial_state=None)``; a model artifact like
+        :class:`tvm_gru.models.Model`: ``outputs = model(*inputs)``.
 
     Raises
     ------
@@ -417,18 +419,26 @@ def load(path, device_id: int = 0):
 
     def keep(meta):  # what is loaded, with a size limit each
         libs = [meta["kernel"]["library"]] + [e["path"] for e in meta.get("runtime_libs", ())]
+        if artifact_kind(meta) == "model":  # the VM executable holds its constants: no weights file
+            return dict.fromkeys(libs, _FILE_LIMIT)
         return {**dict.fromkeys(libs, _FILE_LIMIT), meta["weights"]: weights_limit(_weight_specs(meta))}
 
     with _Folder(root) as folder:
         meta, blobs = _read_listed(folder, keep)
-    layer = artifact_kind(meta) == "layer"
-    if layer and meta["target"]["family"] == "cuda":
+    kind = artifact_kind(meta)
+    if kind == "layer" and meta["target"]["family"] == "cuda":
         raise ArtifactError("layer artifacts run on CPUs only (the whole-sequence kernel has no CUDA schedule)")
     check_machine(meta["target"])
-    weights = _read_weights(blobs[meta["weights"]], _weight_specs(meta), meta["weights"], config_summary(meta))
+    weights = None
+    if kind != "model":
+        weights = _read_weights(blobs[meta["weights"]], _weight_specs(meta), meta["weights"], config_summary(meta))
     if meta["target"]["family"] != "cuda":
         default_num_threads()
     _load_runtime_libs(meta, blobs)
+    if kind == "model" and tvm_ffi.get_global_func(VM_PROVIDES, allow_missing=True) is None:
+        raise ArtifactError(f"no TVM runtime with the Relax VM is loaded: the metadata's runtime_libs lists "
+                            f"{[e['path'] for e in meta.get('runtime_libs', ())]}; export the model again (it "
+                            "bundles lib/libtvm_runtime.so)")
     kernel = blobs[meta["kernel"]["library"]]
     _check_runtime_symbols(kernel, meta)
     if meta["target"]["family"] == "cuda":
@@ -438,7 +448,9 @@ def load(path, device_id: int = 0):
     except (OSError, RuntimeError) as err:  # e.g. a temporary folder mounted noexec (set TMPDIR elsewhere)
         raise ArtifactError(f"cannot load {meta['kernel']['library']} from its private copy in the temporary "
                             f"folder: {err}") from err
-    if layer:
+    if kind == "model":
+        return DeployedModel(meta, module)
+    if kind == "layer":
         return DeployedGRU(meta, module, weights)
     return DeployedCell(meta, module, weights, device_id)
 

@@ -14,16 +14,18 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ArtifactError", "FORMAT", "FORMAT_VERSION", "KIND_VERSIONS", "METADATA", "artifact_kind", "weight_dtype",
-           "check_declared", "file_sha256", "parse_metadata", "check_metadata",
-           "cell_weight_specs", "weights_limit", "config_summary", "NPY_HEADER_LIMIT", "MAX_FILES", "LAYER_FLAGS"]
+           "check_declared", "file_sha256", "parse_metadata", "check_metadata", "cell_weight_specs", "weights_limit",
+           "config_summary", "NPY_HEADER_LIMIT", "MAX_FILES", "ANY_BATCH", "LAYER_FLAGS"]
 
 
 FORMAT = "tvm_gru.artifact"
-FORMAT_VERSION = 2  # the newest format this loader reads
-KIND_VERSIONS = {"cell": 1, "layer": 2}  # the format version each kind is written with (the oldest that reads it)
+FORMAT_VERSION = 3  # the newest format this loader reads
+# The format version each kind is written with (the oldest loader format that reads it).
+KIND_VERSIONS = {"cell": 1, "layer": 2, "model": 3}
 METADATA = "tvm_gru_artifact.json"
 
 _JSON_DEPTH = 64
+ANY_BATCH = "any"  # kernel.functions key of a model compiled with a symbolic batch
 MAX_FILES = 10_000  # files an artifact may list (and its folder hold)
 NPY_HEADER_LIMIT = 10_000  # numpy's own default cap on a .npy header
 
@@ -220,6 +222,8 @@ def check_metadata(meta, where) -> dict:
     if version < KIND_VERSIONS[kind]:
         raise ArtifactError(f"{where}: a {kind} artifact needs format version >= {KIND_VERSIONS[kind]}; "
                             f"the metadata says {version}")
+    if kind == "model":
+        return _check_model(meta, where)
     _schema(kind)(meta, "")
     files = meta["files"]
     named = [("kernel.library", meta["kernel"]["library"]), ("weights", meta["weights"])]
@@ -237,7 +241,7 @@ def check_metadata(meta, where) -> dict:
 
 
 def artifact_kind(meta: dict) -> str:
-    """"cell" or "layer" (metadata without a ``kind`` field, written before layers existed, is a cell)."""
+    """"cell", "layer" or "model" (metadata without a ``kind`` field, written before layers existed, is a cell)."""
     return meta.get("kind", "cell")
 
 
@@ -304,3 +308,65 @@ def config_summary(meta: dict) -> str:
             f"weight_dtype={weight_dtype(meta)}")
 
 
+_TENSOR_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+           "uint64", "bool")
+
+
+# ---------------------------------------------------------------------------------------- model metadata
+def _dim(value, key):
+    if isinstance(value, str):
+        if not re.fullmatch(_NAME, value):
+            _fail(key, f"a dimension name matching {_NAME}", value)
+    elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 40:
+        _fail(key, "an int in [0, 2**40] or a dimension name", value)
+
+
+_TENSOR = _record(name=(_str(limit=1024), True), shape=(_list(_dim, 64), True), dtype=(_str(*_TENSOR_DTYPES), True))
+
+
+def _model_schema():
+    kernel = _record(library=(_relpath, True),
+                     functions=(_mapping(_str(pattern=rf"[1-9][0-9]{{0,6}}|{ANY_BATCH}"), _str(pattern=_NAME), 64, 1),
+                                True))
+    return _record(target=(_TARGET, True), kernel=(kernel, True),
+                   inputs=(_list(_TENSOR, 1024), True), outputs=(_list(_TENSOR, 1024, 1), True),
+                   batch_dim=(_optional(_str(pattern=_NAME)), False),
+                   batch_sizes=(_optional(_list(_int(1, 1 << 20), 64, 1, unique=True)), False),
+                   files=(_mapping(_relpath, _str(pattern=_SHA256), MAX_FILES, 1), True),
+                   runtime_libs=(_list(_RUNTIME_LIB, 16), False))
+
+
+def _check_model(meta, where) -> dict:
+    """The schema of a model artifact's metadata (format, version, kind and every field the loader reads).
+
+    Raises
+    ------
+    ArtifactError
+        Naming the key: a missing or mistyped field, a path not listed in ``files``, repeated input or output
+        names, batch sizes that do not match the kernel functions, a CUDA target (models run on CPUs).
+    """
+    _model_schema()(meta, "")
+    files = meta["files"]
+    named = [("kernel.library", meta["kernel"]["library"])]
+    named += [(f"runtime_libs[{i}].path", e["path"]) for i, e in enumerate(meta.get("runtime_libs", ()))]
+    for key, rel in named:
+        if rel not in files:
+            raise ArtifactError(f"{where}: entry {key!r} names {rel!r}, which 'files' does not list with a SHA-256")
+    if METADATA in files:
+        raise ArtifactError(f"{where}: 'files' lists the metadata itself")
+    if meta["target"]["family"] == "cuda":
+        raise ArtifactError(f"{where}: model artifacts run on CPUs only (x86, aarch64); the target is CUDA")
+    for side in ("inputs", "outputs"):
+        names = [t["name"] for t in meta[side]]
+        if len(set(names)) != len(names):
+            _fail(side, "tensors with distinct names", names)
+    batches, functions = meta.get("batch_sizes"), meta["kernel"]["functions"]
+    expected = sorted(str(b) for b in batches) if batches else [ANY_BATCH]
+    if sorted(functions) != expected:
+        _fail("kernel.functions", f"one function per batch size, keyed {expected}", functions)
+    if batches and meta.get("batch_dim") is None:
+        _fail("batch_dim", "the name of the batch dimension (batch_sizes is set)", None)
+    dim = meta.get("batch_dim")
+    if dim is not None and not any(dim in t["shape"] for t in meta["inputs"]):
+        _fail("batch_dim", f"a dimension name of an input shape ({[t['shape'] for t in meta['inputs']]})", dim)
+    return meta

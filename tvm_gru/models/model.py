@@ -1,0 +1,484 @@
+"""A whole ONNX model compiled by TVM Relax into one VM executable, called on numpy arrays and exported as an
+artifact of kind "model".
+
+>>> model = Model.from_onnx("model.onnx", batch=[1, 8])          # doctest: +SKIP
+>>> y = model(x)                                                   # any sequence length, batch 1 or 8
+>>> model.export("model_arm", target="aarch64")                   # doctest: +SKIP
+
+Import: ``tvm_gru.relax.from_onnx`` (GRU nodes lowered to tvm_gru's kernels) when that package is present,
+otherwise TVM's own ONNX frontend, which has no GRU: a graph with a GRU node is then refused by name.
+Symbolic dimensions (ONNX ``dim_param``) stay symbolic: one executable serves every sequence length. With
+``batch=``, the batch dimension is bound to each size given and the executable holds one function per size
+(``main_b{B}``: the graph's constants are stored once).
+
+The call code (argument checks, batch dispatch, outputs) is the deployed runtime's
+(:class:`tvm_gru.runtime.deployed_model.ModelCalls`), so an exported model behaves exactly as this one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from onnx import external_data_helper, helper
+from tvm import relax
+
+from .. import targets
+from ..deploy.destination import check_destination, publish
+from ..deploy.export import batch_list, copy_runtime_package, plain, target_meta, versions
+from ..deploy.toolchains import aarch64_runtime_lib, export_library, runtime_libs
+from ..interop.onnx_io import external_tensor, load_model
+from ..relax import compile as relax_compile
+from ..relax import from_onnx as relax_from_onnx
+from ..runtime import artifact
+from ..runtime.deployed_model import VM_PROVIDES, ModelCalls, create_vm
+from ..runtime.format import ANY_BATCH, KIND_VERSIONS, file_sha256
+
+__all__ = ["Model"]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+_BATCH_NAMES = ("batch", "batch_size", "batchsize", "n", "b", "bs")  # dim_param names read as the batch
+
+
+# ---------------------------------------------------------------------------------------- the ONNX side
+def _read_model(model_or_path):
+    """A private copy of the ONNX model with its external data read (only from inside the model's folder, as
+    for :func:`tvm_gru.from_onnx`)."""
+
+    model, folder = load_model(model_or_path)
+    own = onnx.ModelProto()
+    own.CopyFrom(model)
+    for tensor in own.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            tensor.CopyFrom(external_tensor(tensor, folder))
+    return own
+
+
+def _has_op(graph, op_type: str) -> bool:
+    """Whether ``graph`` or any subgraph (If / Loop / Scan bodies) holds a node ``op_type``."""
+    for node in graph.node:
+        if node.op_type == op_type:
+            return True
+        for attr in node.attribute:
+            subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            if any(_has_op(g, op_type) for g in subgraphs):
+                return True
+    return False
+
+
+def _dim_name(raw: str, taken: dict) -> str:
+    """An ONNX ``dim_param`` as a dimension name the artifact schema accepts (the same raw name, the same one)."""
+    if raw not in taken:
+        name = raw if _NAME.fullmatch(raw) else re.sub(r"[^A-Za-z0-9_.]", "_", raw)[:120]
+        if not _NAME.fullmatch(name):
+            name = f"d_{name}"[:128]
+        taken[raw] = name
+    return taken[raw]
+
+
+def _graph_inputs(model, input_shapes) -> list:
+    """[{"name", "shape", "dtype"}] of the graph's run-time inputs (initializers excluded), in graph order, with
+    ``input_shapes`` applied and every unnamed unknown dimension named ``{input}_{axis}``. The model's input
+    types are rewritten to match (so every importer sees the same shapes)."""
+
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in constants]
+    names = [vi.name for vi in inputs]
+    overrides = dict(input_shapes or {})
+    if not isinstance(overrides, dict):
+        raise TypeError(f"`input_shapes` must be a dict {{input name: shape}}; received {type(input_shapes).__name__}")
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"`input_shapes` names {unknown}, which are not inputs of the graph; its inputs are {names}")
+    taken: dict = {}
+    out = []
+    for vi in inputs:
+        tensor = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ValueError(f"graph input {vi.name!r} is not a tensor ({vi.type.WhichOneof('value')}); Model takes "
+                             "tensor inputs only")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        if vi.name in overrides:
+            given = overrides[vi.name]
+            if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__"):
+                raise TypeError(f"`input_shapes[{vi.name!r}]` must be a sequence of ints, names or None; received "
+                                f"{given!r}")
+            dims = []
+            for axis, d in enumerate(given):
+                if d is None:
+                    dims.append(None)
+                elif isinstance(d, str):
+                    dims.append(d)
+                elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1:
+                    dims.append(int(d))
+                else:
+                    raise ValueError(f"`input_shapes[{vi.name!r}]`[{axis}] must be a positive int, a dimension name "
+                                     f"or None; received {d!r}")
+        elif tensor.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+        else:
+            raise ValueError(f"graph input {vi.name!r} has no shape (unknown rank); pass input_shapes={{"
+                             f"{vi.name!r}: [...]}} (ints, dimension names or None)")
+        shape = []
+        for axis, d in enumerate(dims):
+            if isinstance(d, int):
+                shape.append(d)
+            else:
+                shape.append(_dim_name(d if d is not None else f"{vi.name}_{axis}", taken))
+        tensor.ClearField("shape")
+        tensor.shape.SetInParent()
+        for d in shape:
+            dim = tensor.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+        out.append({"name": vi.name, "shape": shape, "dtype": dtype})
+    return out
+
+
+def _batch_dim(inputs: list, batch_dim):
+    """The symbolic dimension that ``batch`` binds: ``batch_dim`` if given, else a dimension named like a batch,
+    else axis 0 of the first input when it is symbolic; None when there is none."""
+    symbolic = [d for t in inputs for d in t["shape"] if isinstance(d, str)]
+    if batch_dim is not None:
+        if batch_dim not in symbolic:
+            raise ValueError(f"`batch_dim` {batch_dim!r} is not a symbolic dimension of the inputs "
+                             f"({[(t['name'], t['shape']) for t in inputs]})")
+        return batch_dim
+    named = [d for d in symbolic if d.lower() in _BATCH_NAMES or "batch" in d.lower()]
+    if named:
+        return named[0]
+    if inputs and inputs[0]["shape"] and isinstance(inputs[0]["shape"][0], str):
+        return inputs[0]["shape"][0]
+    return None
+
+
+def _bind_batch(model, name: str, size: int):
+    """A copy of ``model`` with the dimension ``name`` fixed to ``size`` in its inputs, outputs and value infos."""
+    bound = copy.deepcopy(model)
+    graph = bound.graph
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for dim in vi.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param == name:
+                    dim.dim_value = size
+    return bound
+
+
+# ---------------------------------------------------------------------------------------- the TVM side
+def _import(model, target):
+    """The Relax IRModule of ``model`` (its ``main``), GRU nodes lowered to tvm_gru kernels."""
+    return relax_from_onnx(model, target=target)
+
+
+def _rename_globals(func, mapping: dict):
+    """``func`` (a Relax function) with its references to the GlobalVars in ``mapping`` replaced."""
+
+    @relax.expr_functor.mutator
+    class _Rename(relax.expr_functor.PyExprMutator):
+        def visit_global_var_(self, op):
+            return mapping.get(op, op)
+
+    return _Rename().visit_expr(func)
+
+
+def merge_batches(modules: dict):
+    """One IRModule from per-batch modules ({B: IRModule with a Relax ``main``}): ``main_b{B}`` per batch (``main``
+    for the key :data:`ANY_BATCH`) and the other functions, each added once (a BlockBuilder shares structurally
+    equal functions and gives a colliding name to a different one a new name, e.g. ``matmul1``)."""
+
+    builder = relax.BlockBuilder()
+    mains = {}
+    for batch, mod in modules.items():
+        mapping = {}
+        for gv, func in mod.functions.items():
+            if gv.name_hint == "main":
+                continue
+            if isinstance(func, relax.Function):
+                raise NotImplementedError(f"the imported module holds a second Relax function {gv.name_hint!r}; "
+                                          "Model merges per-batch modules with one Relax function (main) only")
+            new = builder.add_func(func.without_attr("global_symbol") if "global_symbol" in (func.attrs or {})
+                                   else func, gv.name_hint)
+            if not new.same_as(gv):
+                mapping[gv] = new
+        main = mod["main"]
+        mains[batch] = _rename_globals(main, mapping) if mapping else main
+    for batch, main in mains.items():
+        name = "main" if batch == ANY_BATCH else f"main_b{batch}"
+        builder.add_func(main.with_attr("global_symbol", name), name)
+    mod = builder.get()
+    return relax.transform.AttachGlobalSymbol()(mod)
+
+
+def _dim(value, fallback: str):
+    if hasattr(value, "value") and not hasattr(value, "name"):  # IntImm
+        return int(value.value)
+    name = str(getattr(value, "name", value))
+    return name if _NAME.fullmatch(name) else fallback
+
+
+def _tensor_types(ty) -> list:
+    fields = getattr(ty, "fields", None)
+    if fields is None:
+        return [ty]
+    return [t for f in fields for t in _tensor_types(f)]
+
+
+def _outputs(model, main, batch_dim, batch: int | None) -> list:
+    """[{"name", "shape", "dtype"}] of the graph's outputs: the executable's types (symbolic dimensions as names),
+    an axis of the bound batch size named ``batch_dim`` where the ONNX graph declares it so."""
+    names = [o.name for o in model.graph.output]
+    types = _tensor_types(main.ret_ty)
+    if len(types) != len(names):
+        raise ValueError(f"the imported model returns {len(types)} tensors; the ONNX graph declares {len(names)} "
+                         f"outputs {names}")
+    out = []
+    for vi, ty in zip(model.graph.output, types):
+        shape = [_dim(v, f"{vi.name}_{axis}") for axis, v in enumerate(ty.shape.values)]
+        declared = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else []
+        if batch is not None and len(declared) == len(shape):
+            shape = [batch_dim if d.dim_param == batch_dim and s == batch else s for d, s in zip(declared, shape)]
+        out.append({"name": vi.name, "shape": shape, "dtype": str(ty.dtype)})
+    return out
+
+
+def _check_params(main, inputs: list) -> None:
+    params = list(main.params)
+    if len(params) != len(inputs):
+        raise ValueError(f"the imported model takes {len(params)} inputs; the ONNX graph has {len(inputs)} "
+                         f"({[t['name'] for t in inputs]})")
+    for param, spec in zip(params, inputs):
+        if int(param.ty.ndim) != len(spec["shape"]) or str(param.ty.dtype) != spec["dtype"]:
+            raise ValueError(f"input {spec['name']!r}: the imported model takes {param.ty}; the graph declares "
+                             f"{spec['dtype']} {spec['shape']}")
+
+
+def _target_key(target) -> str:
+
+    return json.dumps(plain(target.export()), sort_keys=True)
+
+
+def _cpu_family(target, action: str) -> str:
+    family = targets.family(target)
+    if family not in ("x86", "aarch64"):
+        raise ValueError(f"cannot {action} a model for target {family!r} ({target.kind.name}): whole models run on "
+                         "CPUs only for now (x86, aarch64: 'host', 'x86', 'aarch64' or a dict such as "
+                         "{'name': 'aarch64', 'mcpu': 'cortex-a72'})")
+    return family
+
+
+# ---------------------------------------------------------------------------------------- Model
+class Model:
+    """A compiled ONNX model: ``outputs = model(*inputs)`` on numpy arrays (or host DLPack tensors).
+
+    Build one with :meth:`from_onnx`. Inputs by position (graph order) or by name; the outputs come back in
+    graph order, the array itself when the graph has one output. Symbolic dimensions take any size (the same
+    size wherever a name repeats); the batch takes the sizes compiled for (:attr:`batch_sizes`; None: any).
+    """
+
+    def __init__(self, onnx_model, inputs: list, batch_dim, batch_sizes, target):
+        """Use :meth:`from_onnx`."""
+        self._onnx = onnx_model
+        self._inputs = inputs
+        self._batch_dim = batch_dim
+        self._batch_sizes = batch_sizes
+        self.target = target
+        self._executables: dict = {}
+        self._meta, executable = self._build(target)
+        self._executables[_target_key(target)] = (self._meta, executable)
+        self._calls = None
+        if targets.runs_here(target):
+            self._calls = ModelCalls(self._meta, create_vm(executable.mod))
+
+    @classmethod
+    def from_onnx(cls, model_or_path, target=None, batch=None, input_shapes=None, batch_dim=None) -> Model:
+        """Import and compile an ONNX model.
+
+        Parameters
+        ----------
+        model_or_path : onnx.ModelProto, bytes, str or Path
+            The model (external data is read only from regular files inside a model file's folder).
+        target : None, str, dict or tvm.target.Target
+            "host" (default), "x86", "aarch64" (cross-compiled: callable after :meth:`export` on such a machine)
+            or a target dict. CUDA is refused: whole models run on CPUs for now.
+        batch : None, int or sequence of int
+            None: the graph's shapes as they are (a symbolic batch stays symbolic: any batch). Otherwise the
+            batch sizes to compile for: the batch dimension is bound to each (one function per size).
+        input_shapes : dict, optional
+            ``{input name: shape}`` overriding the graph's input shapes: ints, dimension names (symbolic) or
+            None (a new symbolic dimension).
+        batch_dim : str, optional
+            The symbolic dimension that is the batch. Default: one named like a batch ("batch", "N", ...), else
+            axis 0 of the first input when it is symbolic.
+
+        Raises
+        ------
+        ValueError
+            A graph input without a shape and no ``input_shapes`` entry, ``input_shapes`` naming no input,
+            ``batch`` given for a graph without a symbolic batch dimension, a CUDA target.
+        NotImplementedError
+            A GRU node while ``tvm_gru.relax`` is not available.
+        """
+
+        target = targets.resolve(target)
+        _cpu_family(target, "compile")
+        onnx_model = _read_model(model_or_path)
+        inputs = _graph_inputs(onnx_model, input_shapes)
+        dim = _batch_dim(inputs, batch_dim)
+        batches = None
+        if batch is not None:
+            batches = batch_list(batch)
+            if dim is None:
+                raise ValueError(f"`batch={batch!r}` needs a symbolic batch dimension; the inputs are "
+                                 f"{[(t['name'], t['shape']) for t in inputs]} (name one with batch_dim=, or make "
+                                 "one symbolic with input_shapes=)")
+        return cls(onnx_model, inputs, dim, batches, target)
+
+    def _build(self, target) -> tuple:
+        """(metadata signature, VM executable) of the model compiled for ``target``."""
+        if self._batch_sizes is None:
+            bound = {ANY_BATCH: self._onnx}
+        else:
+            bound = {b: _bind_batch(self._onnx, self._batch_dim, b) for b in self._batch_sizes}
+        modules = {b: _import(m, target) for b, m in bound.items()}
+        first = next(iter(bound))
+        for b, mod in modules.items():
+            _check_params(mod["main"], self._inputs)
+        outputs = _outputs(self._onnx, modules[first]["main"], self._batch_dim,
+                           None if first == ANY_BATCH else first)
+        functions = ({ANY_BATCH: "main"} if self._batch_sizes is None
+                     else {str(b): f"main_b{b}" for b in self._batch_sizes})
+        meta = {"inputs": self._inputs, "outputs": outputs, "batch_dim": self._batch_dim,
+                "batch_sizes": self._batch_sizes, "kernel": {"library": "model.so", "functions": functions}}
+        return meta, relax_compile(merge_batches(modules), target)
+
+    def _executable(self, target) -> tuple:
+        key = _target_key(target)
+        if key not in self._executables:
+            self._executables[key] = self._build(target)
+        return self._executables[key]
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, *inputs, **named):
+        """The model on ``inputs`` (graph order) / ``named`` inputs; see
+        :meth:`tvm_gru.runtime.deployed_model.ModelCalls.__call__` for the checks and errors."""
+        if self._calls is None:
+            raise RuntimeError(f"this model was compiled for {targets.family(self.target)} "
+                               f"({self.target.kind.name}), which cannot run on this machine; export it "
+                               "(model.export(path)) and load the folder on such a machine")
+        return self._calls(*inputs, **named)
+
+    @property
+    def input_names(self) -> list:
+        return [t["name"] for t in self._inputs]
+
+    @property
+    def output_names(self) -> list:
+        return [t["name"] for t in self._meta["outputs"]]
+
+    @property
+    def inputs(self) -> list:
+        """[{"name", "shape", "dtype"}] in graph order; a str in a shape is a symbolic dimension."""
+        return copy.deepcopy(self._inputs)
+
+    @property
+    def outputs(self) -> list:
+        return copy.deepcopy(self._meta["outputs"])
+
+    @property
+    def batch_sizes(self):
+        """The batch sizes compiled for, or None: any batch (the batch dimension is symbolic)."""
+        return None if self._batch_sizes is None else list(self._batch_sizes)
+
+    @property
+    def batch_dim(self):
+        return self._batch_dim
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a Model cannot be pickled or copied: it holds compiled TVM executables. Build another with "
+                        "Model.from_onnx, or export it (model.export(path)) and load the folder")
+
+    def __repr__(self):
+        sig = ", ".join(f"{t['name']}: {t['dtype']}{tuple(t['shape'])}" for t in self._inputs)
+        batch = "any batch" if self._batch_sizes is None else f"batch {self._batch_sizes}"
+        return f"<Model ({sig}) -> {self.output_names}, {batch}, {targets.family(self.target)}>"
+
+    # ------------------------------------------------------------------ export
+    def export(self, path, target=None, overwrite: bool = False) -> Path:
+        """Write a deployable artifact of kind "model": the VM executable library (constants embedded;
+        cross-compiled for aarch64), the TVM runtime library for the target's architecture, the loader zip and
+        the metadata (signature, batch sizes, target, versions, a SHA-256 per file).
+
+        Parameters
+        ----------
+        path : str or Path
+            The artifact folder to create (see :func:`tvm_gru.deploy.destination.check_destination`).
+        target : None, str, dict or tvm.target.Target
+            None: the target the model was compiled for. "host", "x86", "aarch64" or a target dict; CUDA is
+            refused. Another target than the model's compiles the model again for it.
+        overwrite : bool
+            Replace an existing artifact folder at ``path``.
+
+        Returns
+        -------
+        Path
+            The artifact folder.
+        """
+
+        target = self.target if target is None else targets.resolve(target)
+        family = _cpu_family(target, "export")
+        dest = check_destination(path, overwrite)
+        signature, executable = self._executable(target)
+        return _write_model_artifact(dest, executable, family, target, signature, overwrite)
+
+
+def _model_runtime_libs(family: str, library: Path) -> list:
+    """[(source, provides)]: the TVM runtime library, always (it registers the Relax VM's loader)."""
+
+    libs = runtime_libs(family, library)
+    if libs:
+        return libs
+    source = aarch64_runtime_lib() if family == "aarch64" else Path(tvm.__file__).resolve().parent / "lib" / \
+        "libtvm_runtime.so"
+    return [(source, VM_PROVIDES)]
+
+
+def _write_model_artifact(dest: Path, executable, family: str, target, signature: dict, overwrite: bool) -> Path:
+    """model.so, lib/, python/ and the metadata, in a temporary folder next to ``dest``, then published
+    (:func:`tvm_gru.deploy.destination.publish`). The same pieces as the cell and layer writer, without weights
+    (the constants are in the library)."""
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        library = tmp / signature["kernel"]["library"]
+        export_library(executable, library, family)
+        files, libs = [library], []
+        (tmp / "lib").mkdir()
+        for src, provides in _model_runtime_libs(family, library):
+            dst = tmp / "lib" / Path(src).name
+            shutil.copyfile(src, dst)
+            files.append(dst)
+            libs.append({"path": f"lib/{dst.name}", "provides": provides})
+        files += copy_runtime_package(tmp)
+        meta = {"format": artifact.FORMAT, "format_version": KIND_VERSIONS["model"], "kind": "model",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **signature, "target": target_meta(target, family), "runtime_libs": libs, "versions": versions(),
+                "files": {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}}
+        (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, dest, overwrite)
+    return dest

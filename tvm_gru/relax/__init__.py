@@ -1,0 +1,66 @@
+"""Whole models through Relax, with every GRU lowered to tvm_gru's fused whole-sequence kernel.
+
+* :func:`from_onnx`: ``tvm.relax.frontend.onnx.from_onnx`` (same parameters, plus ``target``) with ONNX ``GRU``
+  nodes lowered to ``call_tir`` of the scheduled kernel; other ops go to TVM's converters.
+* :func:`compile`: ``tvm.compile`` with the PassContext the sequence kernels need (optionally dlight's CPU
+  rules for the other, legalized ops).
+
+Example::
+
+    mod = tvm_gru.relax.from_onnx(onnx.load("model.onnx"), target="host")
+    ex = tvm_gru.relax.compile(mod, target="host")
+    vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+"""
+
+from __future__ import annotations
+
+from .lowering import SequenceKernels, emit_direction, emit_onnx_gru
+from .onnx_frontend import GRUGraphImporter, from_onnx
+
+__all__ = ["from_onnx", "compile", "relax_pipeline", "GRUGraphImporter", "SequenceKernels", "emit_direction",
+           "emit_onnx_gru"]
+
+
+def relax_pipeline(target, dlight: bool = False):
+    """TVM's default CPU Relax pipeline, with dlight's CPU rules (GEMV, Reduction) applied to the legalized and
+    fused ops that are not yet scheduled (tvm_gru's kernels carry ``tirx.is_scheduled`` and are left alone)."""
+    import tvm  # noqa: PLC0415
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
+
+    scheduling = []
+    if dlight:
+        from tvm.s_tir import dlight as dl  # noqa: PLC0415
+
+        scheduling = [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_gru_relax_pipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                                           + scheduling + cpu.dataflow_lower_passes(target)
+                                           + cpu.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
+
+
+def compile(mod, target=None, *, dlight: bool = False):  # noqa: A001  (mirrors tvm.compile)
+    """Compile a module from :func:`from_onnx` to a Relax VM executable for ``target`` (the one given to
+    :func:`from_onnx`; None = this machine's CPU), with the sequence kernels' PassContext (no storage rewrite,
+    vectorisable ``isnan``: :mod:`tvm_gru.build.tvm_workarounds`), which applies to the whole module.
+
+    ``dlight=True`` schedules the other (legalized, fused) ops with dlight's CPU rules (GEMV, Reduction); it
+    compiles and computes the same, but measured slower on a small model (a GRU with a 64x10 Gemm + Softmax
+    head, 2-core host: 20 vs 12 us at T=10), so the default leaves them as TVM's default pipeline does.
+    """
+    import tvm  # noqa: PLC0415
+
+    from .. import targets  # noqa: PLC0415
+    from ..build.tvm_workarounds import sequence_pass_config, vectorizable_isnan  # noqa: PLC0415
+
+    target = targets.resolve(target)
+    if target.kind.name != "llvm":
+        raise ValueError(f"tvm_gru.relax.compile builds CPU modules (llvm targets); received {target.kind.name}")
+    with vectorizable_isnan(), tvm.transform.PassContext(opt_level=3, config=sequence_pass_config()):
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, dlight))

@@ -1,0 +1,201 @@
+"""A whole compiled model: a Relax VM executable called on numpy arrays. numpy + apache-tvm-ffi only.
+
+A model artifact (``"kind": "model"``, written by :meth:`tvm_gru.models.Model.export`) holds one Relax VM
+executable library (the graph's constants embedded in it), the TVM runtime library (which registers the VM
+loader: without it ``tvm_ffi.load_module`` fails), the bundled loader zip and the metadata::
+
+    "kind": "model", "format_version": 3,
+    "inputs":  [{"name": "x", "shape": ["batch", "seq", 8], "dtype": "float32"}, ...]   # graph order
+    "outputs": [{"name": "y", "shape": ["batch", "seq", 16], "dtype": "float32"}, ...]  # graph order
+    "batch_dim": "batch" or null,   the symbolic dimension the batch sizes below bind
+    "batch_sizes": [1, 8] or null,  null: any batch (the dimension stays symbolic)
+    "kernel": {"library": "model.so", "functions": {"1": "main_b1", "8": "main_b8"}}   # or {"any": "main"}
+
+Shapes hold ints (fixed) and names (symbolic: any size, the same size wherever the name repeats). The same
+call code serves the in-process :class:`tvm_gru.models.Model` (which builds this metadata and hands its
+executable's module here), so a deployed model checks and runs its inputs exactly as the model it came from.
+
+The VM is created as ``module["vm_load_executable"]()`` and initialised with
+``vm["vm_initialization"](1, 0, 1, 1, 0, 1)``: (device type kDLCPU, id 0, allocator kind 1 = naive) for the
+device and again for the host. The naive allocator gives every output its own buffer, so the numpy arrays
+returned (zero-copy views of the outputs) are never overwritten by a later call.
+
+:func:`~.artifact.load` checks the metadata against the artifact schema (:func:`.format.check_metadata`), reads
+the listed files and opens the executable from the checked bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import tvm_ffi
+
+from .arrays import as_array
+from .buffers import as_aligned
+from .format import ANY_BATCH
+from .layer_calls import NotCopyable
+
+__all__ = ["DeployedModel", "ModelCalls", "create_vm", "VM_PROVIDES"]
+
+VM_PROVIDES = "ffi.Module.load_from_bytes.relax.VMExecutable"  # what libtvm_runtime.so registers for the VM
+_VM_INIT = (1, 0, 1, 1, 0, 1)  # (kDLCPU, 0, naive allocator) for the device, then for the host
+
+
+# ---------------------------------------------------------------------------------------- calls
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class ModelCalls:
+    """The call of a compiled model on its signature (the metadata's inputs, outputs, batch_dim, batch_sizes,
+    kernel.functions) and a Relax VM: argument checks, the function for the batch size, outputs as numpy."""
+
+    def __init__(self, meta: dict, vm):
+        self._inputs = [dict(t) for t in meta["inputs"]]
+        self._outputs = [dict(t) for t in meta["outputs"]]
+        self._batch_dim = meta.get("batch_dim")
+        self._batch_sizes = list(meta["batch_sizes"]) if meta.get("batch_sizes") else None
+        self._functions = {key: vm[name] for key, name in meta["kernel"]["functions"].items()}
+        self._vm = vm  # keeps the VM (and so the functions' frames) alive
+        self._lock = threading.Lock()  # one VM: its frames and registers are per instance, not per call
+
+    # ------------------------------------------------------------------ signature
+    @property
+    def input_names(self) -> list:
+        return [t["name"] for t in self._inputs]
+
+    @property
+    def output_names(self) -> list:
+        return [t["name"] for t in self._outputs]
+
+    @property
+    def inputs(self) -> list:
+        """[{"name", "shape", "dtype"}] in graph order; a str in a shape is a symbolic dimension."""
+        return [{**t, "shape": list(t["shape"])} for t in self._inputs]
+
+    @property
+    def outputs(self) -> list:
+        return [{**t, "shape": list(t["shape"])} for t in self._outputs]
+
+    @property
+    def batch_sizes(self):
+        """The batch sizes compiled for (a list), or None: any batch (the batch dimension is symbolic)."""
+        return None if self._batch_sizes is None else list(self._batch_sizes)
+
+    @property
+    def batch_dim(self):
+        return self._batch_dim
+
+    # ------------------------------------------------------------------ call
+    def _arguments(self, args: tuple, kwargs: dict) -> list:
+        names = self.input_names
+        if len(args) > len(names):
+            raise TypeError(f"the model takes {len(names)} input{'s' if len(names) != 1 else ''} {names}; received "
+                            f"{len(args)} positional arguments")
+        values = dict(zip(names, args))
+        for name, value in kwargs.items():
+            if name not in names:
+                raise TypeError(f"the model has no input named {name!r}; its inputs are {names}")
+            if name in values:
+                raise TypeError(f"input {name!r} was given both by position and by name")
+            values[name] = value
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise TypeError(f"the model takes {len(names)} input{'s' if len(names) != 1 else ''} {names}; missing "
+                            f"{missing} (received {len(values)})")
+        return [values[n] for n in names]
+
+    def _check(self, values: list) -> tuple:
+        """The inputs as aligned contiguous numpy arrays, checked against the signature, and the function key."""
+        arrays, bound = [], {}
+        for spec, value in zip(self._inputs, values):
+            name, shape, dtype = spec["name"], spec["shape"], np.dtype(spec["dtype"])
+            array = as_array(name, value)
+            if array.dtype != dtype:
+                raise TypeError(f"input {name!r} must be {dtype.name}; received {array.dtype.name} (cast it with "
+                                f".astype({dtype.name!r}))")
+            if array.ndim != len(shape):
+                raise ValueError(f"input {name!r} must have rank {len(shape)}, shape {_shape_text(shape)}; received "
+                                 f"rank {array.ndim}, shape {_shape_text(array.shape)}")
+            for axis, (want, got) in enumerate(zip(shape, array.shape)):
+                if isinstance(want, int):
+                    if got != want:
+                        raise ValueError(f"input {name!r} must have shape {_shape_text(shape)}: axis {axis} is "
+                                         f"{want}; received shape {_shape_text(array.shape)}")
+                elif want in bound and bound[want][0] != got:
+                    first = bound[want]
+                    raise ValueError(f"dimension {want!r} is {first[0]} in input {first[1]!r} (axis {first[2]}) "
+                                     f"and {got} in input {name!r} (axis {axis}); it must be the same size")
+                else:
+                    bound.setdefault(want, (got, name, axis))
+            arrays.append(as_aligned(array))
+        if self._batch_sizes is None:
+            return arrays, ANY_BATCH
+        got, name, axis = bound[self._batch_dim]
+        if got not in self._batch_sizes:
+            raise ValueError(f"the model was compiled for batch sizes {self._batch_sizes} (dimension "
+                             f"{self._batch_dim!r}); received batch {got} (input {name!r}, axis {axis}). Compile or "
+                             f"export it with batch={sorted({*self._batch_sizes, got})}")
+        return arrays, str(got)
+
+    def __call__(self, *args, **kwargs):
+        """Run the model: inputs by position (graph order) or by name; returns the outputs in graph order as
+        numpy arrays, the array itself when the graph has one output.
+
+        Raises
+        ------
+        TypeError
+            Wrong number of inputs, an unknown name, a wrong dtype, something that is not a host tensor.
+        ValueError
+            A wrong rank or fixed dimension, a symbolic dimension of different sizes in two inputs, a batch
+            size the model was not compiled for (the message names those it was).
+        """
+        arrays, key = self._check(self._arguments(args, kwargs))
+        tensors = [tvm_ffi.from_dlpack(a) for a in arrays]
+        with self._lock:
+            result = self._functions[key](*tensors)
+        outputs = self._flatten(result)
+        if len(outputs) != len(self._outputs):
+            raise RuntimeError(f"the compiled model returned {len(outputs)} outputs; its metadata lists "
+                               f"{len(self._outputs)} ({self.output_names})")
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    @staticmethod
+    def _flatten(result) -> list:
+        if hasattr(result, "__dlpack__"):
+            return [np.from_dlpack(result)]
+        out = []
+        for item in result:  # a tuple of outputs (tvm_ffi Array); nested tuples flattened in order
+            out.extend(ModelCalls._flatten(item))
+        return out
+
+    def __repr__(self):
+        sig = ", ".join(f"{t['name']}: {t['dtype']}{_shape_text(t['shape'])}" for t in self._inputs)
+        out = ", ".join(f"{t['name']}: {t['dtype']}{_shape_text(t['shape'])}" for t in self._outputs)
+        batch = "any batch" if self._batch_sizes is None else f"batch {self._batch_sizes}"
+        return f"<{type(self).__name__} ({sig}) -> ({out}), {batch}>"
+
+
+def create_vm(module):
+    """The Relax VM of an executable module (``vm_load_executable``), initialised for the CPU."""
+    vm = module["vm_load_executable"]()
+    vm["vm_initialization"](*_VM_INIT)
+    return vm
+
+
+class DeployedModel(NotCopyable, ModelCalls):
+    """A model loaded from an artifact: ``outputs = model(*inputs)``, numpy + apache-tvm-ffi only.
+
+    Parameters
+    ----------
+    meta : dict
+        The artifact's checked metadata (:func:`.format.check_metadata`).
+    module : tvm_ffi.Module
+        The executable library, loaded from its checked bytes (:func:`.artifact.load`).
+    """
+
+    def __init__(self, meta: dict, module):
+        self.meta = meta
+        self._module = module
+        super().__init__(meta, create_vm(module))
