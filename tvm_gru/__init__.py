@@ -37,6 +37,8 @@ _LAZY = {"irmodule": "build.modules", "primfunc": "build.modules", "packed_weigh
 
 def __getattr__(name: str):
     """The lazily imported public functions of :data:`_LAZY` (PEP 562)."""
+    if name == "relax":  # the Relax frontends, as a namespace: tvm_gru.relax.from_onnx(...)
+        return importlib.import_module(f"{__name__}.relax")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tvm_gru' has no attribute {name!r}")

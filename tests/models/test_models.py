@@ -404,3 +404,22 @@ def test_aarch64_export_runs_under_qemu(mlp, batched, tmp_path):
     out = run_emulated(kit, tmp_path, ARM_SCRIPT, [case])
     assert out["modules"].size == 0
     np.testing.assert_allclose(out["mlp"], _ort(mlp, {"x": x})[0], rtol=0, atol=TOL)
+
+
+def test_cli_exports_a_whole_onnx_model(tmp_path):
+    """`tvm-gru export --onnx` on a graph with more than one GRU node writes a model artifact; on a single GRU
+    node it still writes a layer artifact (the layer's own path)."""
+    from tvm_gru import cli  # noqa: PLC0415
+
+    onnx_model = _gru_gemm_softmax(batch=2)
+    onnx.save(onnx_model, str(tmp_path / "model.onnx"))
+    assert cli.main(["export", "--onnx", str(tmp_path / "model.onnx"), "--batches", "1,2",
+                     "--out", str(tmp_path / "art")]) == 0
+    deployed = load_model(tmp_path / "art")
+    assert deployed.batch_sizes == [1, 2] and type(deployed).__name__ == "DeployedModel"
+    x = _rng(3).standard_normal((4, 2, 5)).astype(np.float32)
+    for got, want in zip(deployed(x), _ort(onnx_model, {"X": x})):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+    with pytest.raises(SystemExit):  # argparse error: --model reads an ONNX file
+        cli.main(["export", "--model", "--units", "8", "--out", str(tmp_path / "nothing")])
+    assert not (tmp_path / "nothing").exists()

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..deploy.export import check_destination, export_cell, export_layer
-from ..interop.onnx_io import from_onnx
+from ..interop.onnx_io import from_onnx, load_model
 from ..layers.cell import GRUCell
 from ..layers.gru import GRU
+from ..models.model import Model
 from ..runtime import artifact
 from ..runtime.format import LAYER_FLAGS
 from .args import positive_int
@@ -127,9 +128,28 @@ def _target_arg(args):
     return {"name": name, **options} if options else name
 
 
+# Ops that only feed a GRU node's constant inputs: a graph of these and one GRU node is a layer, anything more a model.
+_GRU_ONLY_OPS = {"GRU", "Constant", "Identity", "Cast"}
+
+
+def _is_model_request(args) -> bool:
+    """--model, or an --onnx graph that is more than one GRU node (other ops, or several GRU nodes)."""
+    if args.model:
+        return True
+    if not args.onnx:
+        return False
+    ops = [node.op_type for node in load_model(args.onnx)[0].graph.node]
+    return ops.count("GRU") != 1 or any(op not in _GRU_ONLY_OPS for op in ops)
+
+
 def _cli(args) -> int:
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch]
-    if _is_layer_request(args):
+    if _is_model_request(args):
+        if not args.onnx:
+            raise ValueError("--model needs --onnx: a whole model is read from an ONNX file")
+        model = Model.from_onnx(args.onnx, target=_target_arg(args), batch=batches)
+        out = model.export(args.out, overwrite=args.overwrite)
+    elif _is_layer_request(args):
         if args.weight_dtype not in (None, "float32"):
             raise ValueError(f"--weight-dtype {args.weight_dtype} applies to cell artifacts only; a layer artifact "
                              "stores its weights in the layer dtype")
@@ -140,7 +160,7 @@ def _cli(args) -> int:
                           overwrite=args.overwrite, weight_dtype=args.weight_dtype)
     meta = json.loads((out / artifact.METADATA).read_text())
     total = sum((out / f).stat().st_size for f in meta["files"])
-    print(f"wrote {out} ({artifact.artifact_kind(meta)}, {meta['target']['family']}, batch {meta['batch_sizes']}, "
+    print(f"wrote {out} ({artifact.artifact_kind(meta)}, {meta['target']['family']}, batch {meta.get('batch_sizes')}, "
           f"{total / 1e6:.2f} MB)")
     for rel in meta["files"]:
         print(f"  {rel:40s} {(out / rel).stat().st_size / 1e3:10.1f} kB")
@@ -155,7 +175,9 @@ def register(subparsers, add_shape_args) -> None:
     p.add_argument("--config", help="Keras GRUCell or GRU config JSON (get_config() output, or a "
                                     "{'class_name': ..., 'config': ...} dict; class_name 'GRU' exports a layer)")
     p.add_argument("--weights", help=".npz with kernel, recurrent_kernel[, bias] (or arr_0, arr_1[, arr_2])")
-    p.add_argument("--onnx", help="an ONNX model with one GRU node (instead of --config/--weights)")
+    p.add_argument("--onnx", help="an ONNX file: one GRU node gives a cell or layer artifact, a whole model (other "
+                                  "ops, several GRU nodes) a model artifact (instead of --config/--weights)")
+    p.add_argument("--model", action="store_true", help="export the --onnx graph as a whole model (kind 'model')")
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--mcpu", help="CPU for x86/aarch64 targets, e.g. cortex-a72, znver3")
     p.add_argument("--arch", help="GPU architecture for cuda, e.g. sm_80")
