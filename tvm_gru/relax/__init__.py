@@ -22,17 +22,23 @@ __all__ = ["from_onnx", "compile", "relax_pipeline", "GRUGraphImporter", "Sequen
            "emit_onnx_gru"]
 
 
-def relax_pipeline(target, dlight: bool = False):
-    """TVM's default CPU Relax pipeline, with dlight's CPU rules (GEMV, Reduction) applied to the legalized and
-    fused ops that are not yet scheduled (tvm_gru's kernels carry ``tirx.is_scheduled`` and are left alone)."""
+def relax_pipeline(target, dlight: bool = False, schedule: bool = True):
+    """TVM's default CPU Relax pipeline, with the legalized and fused ops that are not yet scheduled (tvm_gru's
+    kernels carry ``tirx.is_scheduled`` and are left alone) scheduled right after ``FuseTIR``: by
+    :mod:`tvm_gru.relax.schedule`'s CPU rules (GEMM register tiles, vectorized element-wise ops, row-parallel
+    softmax) when ``schedule``, then by dlight's CPU rules (GEMV, Reduction) for what is left when ``dlight``."""
     import tvm  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
     scheduling = []
+    if schedule:
+        from .schedule import cpu_schedule_pass  # noqa: PLC0415
+
+        scheduling.append(cpu_schedule_pass(target))
     if dlight:
         from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
-        scheduling = [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+        scheduling.append(dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction()))
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_gru_relax_pipeline")
     def _pipeline(mod, _ctx):
@@ -45,14 +51,16 @@ def relax_pipeline(target, dlight: bool = False):
     return _pipeline
 
 
-def compile(mod, target=None, *, dlight: bool = False):  # noqa: A001  (mirrors tvm.compile)
+def compile(mod, target=None, *, dlight: bool = False, schedule: bool = True):  # noqa: A001  (mirrors tvm.compile)
     """Compile a module from :func:`from_onnx` to a Relax VM executable for ``target`` (the one given to
     :func:`from_onnx`; None = this machine's CPU), with the sequence kernels' PassContext (no storage rewrite,
     vectorisable ``isnan``: :mod:`tvm_gru.build.tvm_workarounds`), which applies to the whole module.
 
-    ``dlight=True`` schedules the other (legalized, fused) ops with dlight's CPU rules (GEMV, Reduction); it
-    compiles and computes the same, but measured slower on a small model (a GRU with a 64x10 Gemm + Softmax
-    head, 2-core host: 20 vs 12 us at T=10), so the default leaves them as TVM's default pipeline does.
+    ``schedule=True`` (default) schedules the other (legalized, fused) ops with :mod:`tvm_gru.relax.schedule`'s
+    CPU rules (GEMM register tiles, vectorized element-wise ops, row-parallel softmax); ``schedule=False`` gives
+    TVM's default pipeline (naive single-thread loops). ``dlight=True`` adds dlight's CPU rules (GEMV, Reduction)
+    for what is left unscheduled (alone, they were slower than these rules on every model tried; see
+    benchmarks/README.md).
     """
     import tvm  # noqa: PLC0415
 
@@ -63,4 +71,4 @@ def compile(mod, target=None, *, dlight: bool = False):  # noqa: A001  (mirrors 
     if target.kind.name != "llvm":
         raise ValueError(f"tvm_gru.relax.compile builds CPU modules (llvm targets); received {target.kind.name}")
     with vectorizable_isnan(), tvm.transform.PassContext(opt_level=3, config=sequence_pass_config()):
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, dlight))
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, dlight, schedule))
