@@ -344,6 +344,39 @@ class Model:
                                  "one symbolic with input_shapes=)")
         return cls(onnx_model, inputs, dim, batches, target)
 
+    @classmethod
+    def from_torch(cls, module_or_exported_program, example_inputs=None, target=None) -> Model:
+        """Import and compile a PyTorch model (``torch.nn.Module`` with ``example_inputs``, or a
+        ``torch.export.ExportedProgram``) through ``torch.export`` and :func:`tvm_gru.relax.from_exported_program`
+        (every ``nn.GRU`` lowered to tvm_gru's kernel). Shapes are static (the example's: ``torch.export``
+        specialises the sequence length of ``nn.GRU``); outputs are named ``output_0``, ``output_1``, ...
+        Called like a model from :meth:`from_onnx`; :meth:`export` works the same."""
+        from ..relax.torch_frontend import export_torch, from_exported_program  # noqa: PLC0415
+
+        target = targets.resolve(target)
+        _cpu_family(target, "compile")
+        ep, inputs = export_torch(module_or_exported_program, example_inputs)
+        self = cls.__new__(cls)
+        self._onnx, self._inputs, self._batch_dim, self._batch_sizes, self.target = None, inputs, None, None, target
+
+        def build(build_target):
+            mod = from_exported_program(ep, target=build_target)
+            main = mod["main"]
+            _check_params(main, inputs)
+            outputs = [{"name": f"output_{i}", "dtype": str(ty.dtype),
+                        "shape": [_dim(v, f"output_{i}_{a}") for a, v in enumerate(ty.shape.values)]}
+                       for i, ty in enumerate(_tensor_types(main.ret_ty))]
+            meta = {"inputs": inputs, "outputs": outputs, "batch_dim": None, "batch_sizes": None,
+                    "kernel": {"library": "model.so", "functions": {ANY_BATCH: "main"}}}
+            return meta, relax_compile(merge_batches({ANY_BATCH: mod}), build_target)
+
+        self._build = build
+        self._executables = {}
+        self._meta, executable = build(target)
+        self._executables[_target_key(target)] = (self._meta, executable)
+        self._calls = ModelCalls(self._meta, create_vm(executable.mod)) if targets.runs_here(target) else None
+        return self
+
     def _build(self, target) -> tuple:
         """(metadata signature, VM executable) of the model compiled for ``target``."""
         if self._batch_sizes is None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from .lowering import SequenceKernels, emit_direction, emit_onnx_gru
 from .onnx_frontend import GRUGraphImporter, from_onnx
+from .torch_frontend import from_exported_program, torch_convert_map
 
-__all__ = ["from_onnx", "compile", "relax_pipeline", "GRUGraphImporter", "SequenceKernels", "emit_direction",
-           "emit_onnx_gru"]
+__all__ = ["from_onnx", "from_exported_program", "torch_convert_map", "compile", "relax_pipeline",
+           "GRUGraphImporter", "SequenceKernels", "emit_direction", "emit_onnx_gru"]
 
 
 def relax_pipeline(target, dlight: bool = False, schedule: bool = True):

@@ -28,7 +28,7 @@ def static_dim(shape, axis: int, what: str) -> int:
     return int(dim)
 
 
-def _tensor_shape(expr, what: str, ndim: int):
+def tensor_shape(expr, what: str, ndim: int):
     """The shape (a list of PrimExprs) of the Relax tensor ``expr``, or ValueError naming ``what``."""
     from tvm import relax  # noqa: PLC0415
 
@@ -126,7 +126,7 @@ def emit_direction(kernels: SequenceKernels, layer, x, h0=None, mask=None, *, re
 
     bb, config, time_major = kernels.bb, layer.cell.config, bool(layer.time_major)
     what = f"the GRU input X of {layer.name or 'the GRU node'}"
-    shape = _tensor_shape(x, what, 3)
+    shape = tensor_shape(x, what, 3)
     dtype = x.ty.dtype
     if dtype != config.dtype:
         raise ValueError(f"{what} has dtype {dtype}; expected {config.dtype}, the dtype of the GRU weights")
@@ -158,7 +158,7 @@ def emit_direction(kernels: SequenceKernels, layer, x, h0=None, mask=None, *, re
     return tuple(items)
 
 
-def _select(bb, expr, axis: int, index: int):
+def select(bb, expr, axis: int, index: int):
     """``expr`` indexed at ``index`` on ``axis`` (the axis removed)."""
     from tvm import relax  # noqa: PLC0415
 
@@ -188,13 +188,13 @@ def emit_onnx_gru(kernels: SequenceKernels, layer, x, sequence_lens=None, initia
     dir_axis = 0 if time_major else 1  # of initial_h and Y_h
     mask = None
     if sequence_lens is not None:
-        _tensor_shape(sequence_lens, "the GRU input sequence_lens", 1)
+        tensor_shape(sequence_lens, "the GRU input sequence_lens", 1)
         mask = emit_lengths_mask(bb, x, sequence_lens, time_major)
     if initial_h is not None:
-        _tensor_shape(initial_h, "the GRU input initial_h", 3)
+        tensor_shape(initial_h, "the GRU input initial_h", 3)
     ys, states = [], []
     for d, direction in enumerate(directions):
-        h0 = None if initial_h is None else _select(bb, initial_h, dir_axis, d)
+        h0 = None if initial_h is None else select(bb, initial_h, dir_axis, d)
         seq, _, state = emit_direction(kernels, direction, x, h0, mask, return_sequences=want_y,
                                        zero_output_for_mask=True)
         if want_y:

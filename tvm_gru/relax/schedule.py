@@ -99,10 +99,13 @@ def _schedule_gemm(sch, gemm, lanes):
     n_ext = _const(sch.get(spatial[-1]).extent)
     k_ext = _extent_product(sch, reduce_)
     m_ext = _extent_product(sch, spatial[:-1])
+    # A row tile must not straddle the innermost row axis: the accumulators' write-back region of a tile of the
+    # fused rows is relaxed per original axis, so a straddling tile would copy rows it did not compute.
+    inner_rows = _const(sch.get(spatial[-2]).extent) if m_ext is not None else None
     m = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
     k = sch.fuse(*reduce_) if len(reduce_) > 1 else reduce_[0]
     nr = _col_tile(n_ext, lanes)
-    mr = _row_tile(m_ext)
+    mr = _row_tile(inner_rows)
     mo, mi = sch.split(m, [None, mr])
     no, ni = sch.split(spatial[-1], [None, nr])
     sch.reorder(mo, no, k, mi, ni)
