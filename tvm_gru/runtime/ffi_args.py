@@ -1,7 +1,7 @@
 """Kernel arguments without a DLPack export per call: pooled outputs and tensors wrapped once.
 
-Handing a numpy array to a TVM FFI function exports it through DLPack on every call (~0.7-1 us each, more
-than a small GRU step). A stateful streaming call would otherwise export four arrays per frame (input,
+Handing a numpy array to a TVM FFI function exports it through DLPack on every call, which costs more than a
+small GRU step. A stateful streaming call would otherwise export four arrays per frame (input,
 state in, output, state out). Everything the runtime owns is therefore wrapped once:
 
 - :class:`OutputPool` hands out output arrays with their FFI tensors. An array is reused only when nobody but
@@ -77,9 +77,8 @@ class OutputPool:
         """``run(x, h)``: ``fn(x, h, *args, out)`` into an output from this pool, which it returns.
 
         The same as :meth:`take`, :meth:`tensor_of` and the call, with everything looked up once: the method
-        calls and attribute lookups were ~0.55 us of a 1x64x128 Keras call (3.21 -> 2.62 us with a no-op
-        kernel). The loop is :meth:`take`'s, so ``_free`` holds for it; the pool's list and dict are
-        updated in place, so the closure sees new entries.
+        calls and attribute lookups were a sizeable share of a small Keras call. The loop is :meth:`take`'s, so
+        ``_free`` holds for it; the pool's list and dict are updated in place, so the closure sees new entries.
         """
         entries, free, take, wrapped, refcount = self._pool, self._free, self.take, self._wrapped.get, _refcount
 

@@ -10,8 +10,8 @@ __all__ = ["default_num_threads"]
 def default_num_threads() -> None:
     """Set ``TVM_NUM_THREADS`` to the cores this process may run on, unless the user set it.
 
-    TVM's CPU thread pool reads it once, at its first parallel launch; unset, the pool was measured to run parallel
-    loops with ~11 us of launch overhead on a 2-core VM, against ~1.7 us with it set.
+    TVM's CPU thread pool reads it once, at its first parallel launch; unset, its parallel launches were several
+    times slower (the figures are in the commit history).
     """
     if "TVM_NUM_THREADS" in os.environ:
         return
