@@ -5,7 +5,7 @@ cache makes it quick after the first time). An artifact exported here (parallel 
 libtvm_runtime.so is used) is loaded there twice: through ``tvm_gru`` (the repository on PYTHONPATH) and
 through the copy of the runtime bundled in the artifact, with numpy and DLPack inputs. A GRU *layer* artifact
 (whole-sequence kernels) is run the same two ways: two sequence lengths, a mask, an initial state, and
-stateful streaming chunk by chunk.
+stateful streaming chunk by chunk; and so is a whole-model artifact (a Relax VM executable: GRU + Gemm + Softmax).
 """
 
 from __future__ import annotations
@@ -205,3 +205,74 @@ def test_runtime_package_imports_only_numpy_and_tvm_ffi():
                 continue
             for name in names:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+MODEL_SCRIPT = r"""
+import sys
+import numpy as np
+try:
+    import tvm  # noqa: F401
+    raise SystemExit("apache-tvm is importable in the minimal venv")
+except ModuleNotFoundError:
+    pass
+mode, art, inputs, out_path = sys.argv[1:5]
+if mode == "package":
+    from tvm_gru import load
+else:
+    sys.path.insert(0, art + "/python/tvm_gru_runtime.zip")
+    from tvm_gru_runtime import load
+model = load(art)
+data = np.load(inputs)
+outs = {}
+for key in data.files:
+    probs, y = model(data[key])
+    outs[key + "_probs"], outs[key + "_y"] = probs, y
+np.savez(out_path, **outs)
+assert not [m for m in sys.modules if m == "tvm" or m.startswith("tvm.")]
+"""
+
+
+def _gru_head_model(inputs=5, hidden=8, classes=3, seed=0):
+    """X (T, B, I) -> GRU -> Y_h -> Squeeze -> Gemm -> Softmax, and Y (a whole ONNX model with one GRU node)."""
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    init = {"W": rng.uniform(-0.5, 0.5, (1, 3 * hidden, inputs)), "R": rng.uniform(-0.5, 0.5, (1, 3 * hidden, hidden)),
+            "B": rng.uniform(-0.3, 0.3, (1, 6 * hidden)), "G": rng.uniform(-1, 1, (hidden, classes)),
+            "c": rng.uniform(-1, 1, classes)}
+    init = {k: v.astype(np.float32) for k, v in init.items()} | {"axes": np.array([0], np.int64)}
+    nodes = [helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden),
+             helper.make_node("Squeeze", ["Y_h", "axes"], ["h"]), helper.make_node("Gemm", ["h", "G", "c"], ["l"]),
+             helper.make_node("Softmax", ["l"], ["probs"], axis=-1)]
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "batch", inputs])
+    graph = helper.make_graph(nodes, "m", [x],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]),
+                               helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "batch", hidden])],
+                              [numpy_helper.from_array(v, k) for k, v in init.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("mode", ["package", "bundled"])
+def test_minimal_venv_runs_model_artifact(minimal_venv, tmp_path, mode):
+    model = tvm_gru.Model.from_onnx(_gru_head_model(), batch=[1, 2])
+    art = model.export(tmp_path / "model")
+    rng = np.random.default_rng(1)
+    feeds = {"t3_b2": rng.uniform(-1, 1, (3, 2, 5)).astype("float32"),
+             "t9_b1": rng.uniform(-1, 1, (9, 1, 5)).astype("float32")}
+    np.savez(tmp_path / "inputs.npz", **feeds)
+    script = tmp_path / "run.py"
+    script.write_text(MODEL_SCRIPT)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "TVM_NUM_THREADS": "2"}
+    if mode == "package":
+        env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([str(minimal_venv), str(script), mode, str(art), str(tmp_path / "inputs.npz"),
+                           str(tmp_path / "o.npz")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(tmp_path / "o.npz") as got:
+        for key, x in feeds.items():
+            probs, y = model(x)
+            np.testing.assert_array_equal(got[key + "_probs"], probs)
+            np.testing.assert_array_equal(got[key + "_y"], y)
