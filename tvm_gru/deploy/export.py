@@ -51,7 +51,8 @@ from ..runtime.packing import pack_weights
 from .destination import check_destination, publish
 from .toolchains import cuda_compile_env, export_library, runtime_libs
 
-__all__ = ["export_cell", "export_layer", "batch_list", "copy_runtime_package", "plain", "target_meta", "versions"]
+__all__ = ["export_cell", "export_layer", "write_artifact", "batch_list", "copy_runtime_package", "plain",
+           "target_meta", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -160,25 +161,31 @@ def batch_list(batch) -> list:
     return batches
 
 
-def _write_artifact(dest: Path, executable, family: str, packed: dict, meta: dict, overwrite: bool) -> Path:
-    """Write kernel.so, weights.npz, lib/, python/ and the metadata (``meta`` + files, hashes) into a temporary
-    folder next to ``dest``, then move it into place (:func:`publish`: a reader never sees a half-written
-    artifact, and only an artifact or an empty folder is ever replaced)."""
+def write_artifact(dest: Path, executable, family: str, meta: dict, overwrite: bool, packed: dict | None = None,
+                   runtime=runtime_libs) -> Path:
+    """Write the kernel library (``meta["kernel"]["library"]``), ``weights.npz`` (``packed``, when given), lib/,
+    python/ and the metadata (``meta`` + files, hashes) into a temporary folder next to ``dest``, then move it into
+    place (:func:`publish`: a reader never sees a half-written artifact, and only an artifact or an empty folder is
+    ever replaced). ``runtime(family, library)`` lists the TVM runtime libraries to bundle, as
+    :func:`~.toolchains.runtime_libs` does."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        files = [tmp / "kernel.so", tmp / "weights.npz"]
+        files = [tmp / meta["kernel"]["library"]]
         export_library(executable, files[0], family)
-        np.savez(files[1], **packed)
+        if packed is not None:
+            files.append(tmp / "weights.npz")
+            np.savez(files[1], **packed)
+            meta = {**meta, "weights": "weights.npz"}
         libs = []
         (tmp / "lib").mkdir()
-        for src, provides in runtime_libs(family, files[0]):
+        for src, provides in runtime(family, files[0]):
             dst = tmp / "lib" / Path(src).name
             shutil.copyfile(src, dst)
             files.append(dst)
             libs.append({"path": f"lib/{dst.name}", "provides": provides})
         files += copy_runtime_package(tmp)
-        meta = {**meta, "weights": "weights.npz", "runtime_libs": libs, "versions": versions(),
+        meta = {**meta, "runtime_libs": libs, "versions": versions(),
                 "files": {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}}
         (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.chmod(0o755)
@@ -244,7 +251,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
         "kernel": {"library": "kernel.so", "functions": {str(b): n for b, n in zip(batches, names)},
                    "weights": list(packed), "args": ["x", "h", *packed, "h_new"]},
     }
-    return _write_artifact(dest, executable, family, packed, meta, overwrite)
+    return write_artifact(dest, executable, family, meta, overwrite, packed)
 
 
 # ---------------------------------------------------------------------------------------- layers
@@ -359,7 +366,7 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
                    # rebuilt from candidate_packed at load time
                    "frame_args": ["x (B, I)", "h (B, H)", *packed, "h_new (B, H)"]},
     }
-    return _write_artifact(dest, executable, family, packed, meta, overwrite)
+    return write_artifact(dest, executable, family, meta, overwrite, packed)
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -18,10 +18,9 @@ The call code (argument checks, batch dispatch, outputs) is the deployed runtime
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,15 +31,15 @@ from onnx import external_data_helper, helper
 from tvm import relax
 
 from .. import targets
-from ..deploy.destination import check_destination, publish
-from ..deploy.export import batch_list, copy_runtime_package, plain, target_meta, versions
-from ..deploy.toolchains import aarch64_runtime_lib, export_library, runtime_libs
+from ..deploy.destination import check_destination
+from ..deploy.export import batch_list, plain, target_meta, write_artifact
+from ..deploy.toolchains import aarch64_runtime_lib, runtime_libs
 from ..interop.onnx_io import external_tensor, load_model
 from ..relax import compile as relax_compile
 from ..relax import from_onnx as relax_from_onnx
 from ..runtime import artifact
-from ..runtime.deployed_model import VM_PROVIDES, ModelCalls, create_vm
-from ..runtime.format import ANY_BATCH, KIND_VERSIONS, file_sha256
+from ..runtime.deployed_model import VM_PROVIDES, ModelCalls, ModelSignature, create_vm
+from ..runtime.format import ANY_BATCH, KIND_VERSIONS
 
 __all__ = ["Model"]
 
@@ -264,7 +263,6 @@ def _check_params(main, inputs: list) -> None:
 
 
 def _target_key(target) -> str:
-
     return json.dumps(plain(target.export()), sort_keys=True)
 
 
@@ -278,7 +276,26 @@ def _cpu_family(target, action: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- Model
-class Model:
+def _build_onnx(onnx_model, inputs: list, batch_dim, batch_sizes, target) -> tuple:
+    """(metadata signature, VM executable) of the model compiled for ``target``."""
+    if batch_sizes is None:
+        bound = {ANY_BATCH: onnx_model}
+    else:
+        bound = {b: _bind_batch(onnx_model, batch_dim, b) for b in batch_sizes}
+    modules = {b: _import(m, target) for b, m in bound.items()}
+    first = next(iter(bound))
+    for mod in modules.values():
+        _check_params(mod["main"], inputs)
+    outputs = _outputs(onnx_model, modules[first]["main"], batch_dim,
+                       None if first == ANY_BATCH else first)
+    functions = ({ANY_BATCH: "main"} if batch_sizes is None
+                 else {str(b): f"main_b{b}" for b in batch_sizes})
+    meta = {"inputs": inputs, "outputs": outputs, "batch_dim": batch_dim,
+            "batch_sizes": batch_sizes, "kernel": {"library": "model.so", "functions": functions}}
+    return meta, relax_compile(merge_batches(modules), target)
+
+
+class Model(ModelSignature):
     """A compiled ONNX model: ``outputs = model(*inputs)`` on numpy arrays (or host DLPack tensors).
 
     Build one with :meth:`from_onnx`. Inputs by position (graph order) or by name; the outputs come back in
@@ -286,19 +303,14 @@ class Model:
     size wherever a name repeats); the batch takes the sizes compiled for (:attr:`batch_sizes`; None: any).
     """
 
-    def __init__(self, onnx_model, inputs: list, batch_dim, batch_sizes, target):
-        """Use :meth:`from_onnx`."""
-        self._onnx = onnx_model
-        self._inputs = inputs
-        self._batch_dim = batch_dim
-        self._batch_sizes = batch_sizes
-        self.target = target
+    def __init__(self, build, target):
+        """Use :meth:`from_onnx` or :meth:`from_torch`. ``build(target)`` -> (the metadata signature: inputs,
+        outputs, batch_dim, batch_sizes, kernel; the VM executable) of the model compiled for ``target``."""
+        self._build, self.target = build, target
         self._executables: dict = {}
-        self._meta, executable = self._build(target)
-        self._executables[_target_key(target)] = (self._meta, executable)
-        self._calls = None
-        if targets.runs_here(target):
-            self._calls = ModelCalls(self._meta, create_vm(executable.mod))
+        meta, executable = self._executable(target)
+        super().__init__(meta)
+        self._calls = ModelCalls(meta, create_vm(executable.mod)) if targets.runs_here(target) else None
 
     @classmethod
     def from_onnx(cls, model_or_path, target=None, batch=None, input_shapes=None, batch_dim=None) -> Model:
@@ -342,7 +354,7 @@ class Model:
                 raise ValueError(f"`batch={batch!r}` needs a symbolic batch dimension; the inputs are "
                                  f"{[(t['name'], t['shape']) for t in inputs]} (name one with batch_dim=, or make "
                                  "one symbolic with input_shapes=)")
-        return cls(onnx_model, inputs, dim, batches, target)
+        return cls(functools.partial(_build_onnx, onnx_model, inputs, dim, batches), target)
 
     @classmethod
     def from_torch(cls, module_or_exported_program, example_inputs=None, target=None) -> Model:
@@ -356,9 +368,6 @@ class Model:
         target = targets.resolve(target)
         _cpu_family(target, "compile")
         ep, inputs = export_torch(module_or_exported_program, example_inputs)
-        self = cls.__new__(cls)
-        self._onnx, self._inputs, self._batch_dim, self._batch_sizes, self.target = None, inputs, None, None, target
-
         def build(build_target):
             mod = from_exported_program(ep, target=build_target)
             main = mod["main"]
@@ -370,30 +379,7 @@ class Model:
                     "kernel": {"library": "model.so", "functions": {ANY_BATCH: "main"}}}
             return meta, relax_compile(merge_batches({ANY_BATCH: mod}), build_target)
 
-        self._build = build
-        self._executables = {}
-        self._meta, executable = build(target)
-        self._executables[_target_key(target)] = (self._meta, executable)
-        self._calls = ModelCalls(self._meta, create_vm(executable.mod)) if targets.runs_here(target) else None
-        return self
-
-    def _build(self, target) -> tuple:
-        """(metadata signature, VM executable) of the model compiled for ``target``."""
-        if self._batch_sizes is None:
-            bound = {ANY_BATCH: self._onnx}
-        else:
-            bound = {b: _bind_batch(self._onnx, self._batch_dim, b) for b in self._batch_sizes}
-        modules = {b: _import(m, target) for b, m in bound.items()}
-        first = next(iter(bound))
-        for b, mod in modules.items():
-            _check_params(mod["main"], self._inputs)
-        outputs = _outputs(self._onnx, modules[first]["main"], self._batch_dim,
-                           None if first == ANY_BATCH else first)
-        functions = ({ANY_BATCH: "main"} if self._batch_sizes is None
-                     else {str(b): f"main_b{b}" for b in self._batch_sizes})
-        meta = {"inputs": self._inputs, "outputs": outputs, "batch_dim": self._batch_dim,
-                "batch_sizes": self._batch_sizes, "kernel": {"library": "model.so", "functions": functions}}
-        return meta, relax_compile(merge_batches(modules), target)
+        return cls(build, target)
 
     def _executable(self, target) -> tuple:
         key = _target_key(target)
@@ -410,32 +396,6 @@ class Model:
                                f"({self.target.kind.name}), which cannot run on this machine; export it "
                                "(model.export(path)) and load the folder on such a machine")
         return self._calls(*inputs, **named)
-
-    @property
-    def input_names(self) -> list:
-        return [t["name"] for t in self._inputs]
-
-    @property
-    def output_names(self) -> list:
-        return [t["name"] for t in self._meta["outputs"]]
-
-    @property
-    def inputs(self) -> list:
-        """[{"name", "shape", "dtype"}] in graph order; a str in a shape is a symbolic dimension."""
-        return copy.deepcopy(self._inputs)
-
-    @property
-    def outputs(self) -> list:
-        return copy.deepcopy(self._meta["outputs"])
-
-    @property
-    def batch_sizes(self):
-        """The batch sizes compiled for, or None: any batch (the batch dimension is symbolic)."""
-        return None if self._batch_sizes is None else list(self._batch_sizes)
-
-    @property
-    def batch_dim(self):
-        return self._batch_dim
 
     def __reduce_ex__(self, protocol):
         raise TypeError("a Model cannot be pickled or copied: it holds compiled TVM executables. Build another with "
@@ -472,7 +432,10 @@ class Model:
         family = _cpu_family(target, "export")
         dest = check_destination(path, overwrite)
         signature, executable = self._executable(target)
-        return _write_model_artifact(dest, executable, family, target, signature, overwrite)
+        meta = {"format": artifact.FORMAT, "format_version": KIND_VERSIONS["model"], "kind": "model",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **signature,
+                "target": target_meta(target, family)}
+        return write_artifact(dest, executable, family, meta, overwrite, runtime=_model_runtime_libs)
 
 
 def _model_runtime_libs(family: str, library: Path) -> list:
@@ -486,32 +449,3 @@ def _model_runtime_libs(family: str, library: Path) -> list:
     return [(source, VM_PROVIDES)]
 
 
-def _write_model_artifact(dest: Path, executable, family: str, target, signature: dict, overwrite: bool) -> Path:
-    """model.so, lib/, python/ and the metadata, in a temporary folder next to ``dest``, then published
-    (:func:`tvm_gru.deploy.destination.publish`). The same pieces as the cell and layer writer, without weights
-    (the constants are in the library)."""
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        library = tmp / signature["kernel"]["library"]
-        export_library(executable, library, family)
-        files, libs = [library], []
-        (tmp / "lib").mkdir()
-        for src, provides in _model_runtime_libs(family, library):
-            dst = tmp / "lib" / Path(src).name
-            shutil.copyfile(src, dst)
-            files.append(dst)
-            libs.append({"path": f"lib/{dst.name}", "provides": provides})
-        files += copy_runtime_package(tmp)
-        meta = {"format": artifact.FORMAT, "format_version": KIND_VERSIONS["model"], "kind": "model",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **signature, "target": target_meta(target, family), "runtime_libs": libs, "versions": versions(),
-                "files": {f.relative_to(tmp).as_posix(): file_sha256(f) for f in files}}
-        (tmp / artifact.METADATA).write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.chmod(0o755)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, dest, overwrite)
-    return dest

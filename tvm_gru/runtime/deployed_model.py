@@ -36,7 +36,7 @@ from .buffers import as_aligned
 from .format import ANY_BATCH
 from .layer_calls import NotCopyable
 
-__all__ = ["DeployedModel", "ModelCalls", "create_vm", "VM_PROVIDES"]
+__all__ = ["DeployedModel", "ModelCalls", "ModelSignature", "create_vm", "VM_PROVIDES"]
 
 VM_PROVIDES = "ffi.Module.load_from_bytes.relax.VMExecutable"  # what libtvm_runtime.so registers for the VM
 _VM_INIT = (1, 0, 1, 1, 0, 1)  # (kDLCPU, 0, naive allocator) for the device, then for the host
@@ -47,20 +47,16 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-class ModelCalls:
-    """The call of a compiled model on its signature (the metadata's inputs, outputs, batch_dim, batch_sizes,
-    kernel.functions) and a Relax VM: argument checks, the function for the batch size, outputs as numpy."""
+class ModelSignature:
+    """A compiled model's signature from its metadata: inputs and outputs in graph order, the batch dimension
+    and the batch sizes compiled for (shared by the in-process :class:`tvm_gru.models.Model` and the call)."""
 
-    def __init__(self, meta: dict, vm):
+    def __init__(self, meta: dict):
         self._inputs = [dict(t) for t in meta["inputs"]]
         self._outputs = [dict(t) for t in meta["outputs"]]
         self._batch_dim = meta.get("batch_dim")
         self._batch_sizes = list(meta["batch_sizes"]) if meta.get("batch_sizes") else None
-        self._functions = {key: vm[name] for key, name in meta["kernel"]["functions"].items()}
-        self._vm = vm  # keeps the VM (and so the functions' frames) alive
-        self._lock = threading.Lock()  # one VM: its frames and registers are per instance, not per call
 
-    # ------------------------------------------------------------------ signature
     @property
     def input_names(self) -> list:
         return [t["name"] for t in self._inputs]
@@ -86,6 +82,17 @@ class ModelCalls:
     @property
     def batch_dim(self):
         return self._batch_dim
+
+
+class ModelCalls(ModelSignature):
+    """The call of a compiled model on its signature (the metadata's inputs, outputs, batch_dim, batch_sizes,
+    kernel.functions) and a Relax VM: argument checks, the function for the batch size, outputs as numpy."""
+
+    def __init__(self, meta: dict, vm):
+        super().__init__(meta)
+        self._functions = {key: vm[name] for key, name in meta["kernel"]["functions"].items()}
+        self._vm = vm  # keeps the VM (and so the functions' frames) alive
+        self._lock = threading.Lock()  # one VM: its frames and registers are per instance, not per call
 
     # ------------------------------------------------------------------ call
     def _arguments(self, args: tuple, kwargs: dict) -> list:

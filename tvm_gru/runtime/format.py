@@ -222,22 +222,29 @@ def check_metadata(meta, where) -> dict:
     if version < KIND_VERSIONS[kind]:
         raise ArtifactError(f"{where}: a {kind} artifact needs format version >= {KIND_VERSIONS[kind]}; "
                             f"the metadata says {version}")
+    (_model_schema() if kind == "model" else _schema(kind))(meta, "")
+    _check_listed(meta, where)
     if kind == "model":
         return _check_model(meta, where)
-    _schema(kind)(meta, "")
-    files = meta["files"]
-    named = [("kernel.library", meta["kernel"]["library"]), ("weights", meta["weights"])]
-    named += [(f"runtime_libs[{i}].path", e["path"]) for i, e in enumerate(meta.get("runtime_libs", ()))]
-    for key, rel in named:
-        if rel not in files:
-            raise ArtifactError(f"{where}: entry {key!r} names {rel!r}, which 'files' does not list with a SHA-256")
-    if METADATA in files:
-        raise ArtifactError(f"{where}: 'files' lists the metadata itself")
     for name in meta["kernel"]["weights"]:
         if not isinstance(meta["shapes"].get(name), list) or not all(isinstance(d, int) for d in meta["shapes"][name]):
             _fail(f"shapes.{name}", "the list of ints of the weight's shape", meta["shapes"].get(name, _MISSING))
     weight_dtype(meta)
     return meta
+
+
+def _check_listed(meta: dict, where) -> None:
+    """Every path the loader opens (the kernel library, the weights of a cell or layer, the runtime libraries)
+    is listed in ``files`` with a SHA-256, and the metadata itself is not."""
+    named = [("kernel.library", meta["kernel"]["library"])]
+    if artifact_kind(meta) != "model":  # a model's constants are in its library
+        named.append(("weights", meta["weights"]))
+    named += [(f"runtime_libs[{i}].path", e["path"]) for i, e in enumerate(meta.get("runtime_libs", ()))]
+    for key, rel in named:
+        if rel not in meta["files"]:
+            raise ArtifactError(f"{where}: entry {key!r} names {rel!r}, which 'files' does not list with a SHA-256")
+    if METADATA in meta["files"]:
+        raise ArtifactError(f"{where}: 'files' lists the metadata itself")
 
 
 def artifact_kind(meta: dict) -> str:
@@ -337,7 +344,7 @@ def _model_schema():
 
 
 def _check_model(meta, where) -> dict:
-    """The schema of a model artifact's metadata (format, version, kind and every field the loader reads).
+    """What a model artifact's metadata must hold beyond its schema and listed files (see :func:`check_metadata`).
 
     Raises
     ------
@@ -345,15 +352,6 @@ def _check_model(meta, where) -> dict:
         Naming the key: a missing or mistyped field, a path not listed in ``files``, repeated input or output
         names, batch sizes that do not match the kernel functions, a CUDA target (models run on CPUs).
     """
-    _model_schema()(meta, "")
-    files = meta["files"]
-    named = [("kernel.library", meta["kernel"]["library"])]
-    named += [(f"runtime_libs[{i}].path", e["path"]) for i, e in enumerate(meta.get("runtime_libs", ()))]
-    for key, rel in named:
-        if rel not in files:
-            raise ArtifactError(f"{where}: entry {key!r} names {rel!r}, which 'files' does not list with a SHA-256")
-    if METADATA in files:
-        raise ArtifactError(f"{where}: 'files' lists the metadata itself")
     if meta["target"]["family"] == "cuda":
         raise ArtifactError(f"{where}: model artifacts run on CPUs only (x86, aarch64); the target is CUDA")
     for side in ("inputs", "outputs"):
