@@ -126,3 +126,29 @@ def run_emulated(kit: Path, root: Path, script: str, cases: list, *extra) -> dic
     assert proc.returncode == 0, f"emulated run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
     with np.load(root / "out.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+def gru_gemm_softmax_onnx(inputs=5, hidden=6, classes=4, seed=0):
+    """An ONNX model with one GRU node: X (seq, batch, I) -> GRU -> Y_h (1, B, H) -> Squeeze -> Gemm -> Softmax,
+    and Y as a second output (seq and batch symbolic)."""
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415  (conftest stays light to import)
+
+    rng = np.random.default_rng(seed)
+    init = {"W": (rng.standard_normal((1, 3 * hidden, inputs)) * 0.4).astype(np.float32),
+            "R": (rng.standard_normal((1, 3 * hidden, hidden)) * 0.4).astype(np.float32),
+            "B": (rng.standard_normal((1, 6 * hidden)) * 0.3).astype(np.float32),
+            "G": rng.standard_normal((hidden, classes)).astype(np.float32),
+            "c": rng.standard_normal(classes).astype(np.float32),
+            "axes": np.array([0], np.int64)}
+    nodes = [helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden),
+             helper.make_node("Squeeze", ["Y_h", "axes"], ["h"]),
+             helper.make_node("Gemm", ["h", "G", "c"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "gru_gemm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", inputs])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]),
+         helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["seq", 1, "batch", hidden])],
+        [numpy_helper.from_array(v, k) for k, v in init.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
+from conftest import gru_gemm_softmax_onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tvm_gru.models import Model, merge_batches  # noqa: E402
@@ -60,29 +61,6 @@ def _mlp(shape=("batch", "seq", 8), units=16, seed=0, second=False):
     graph = helper.make_graph(nodes, "mlp", inputs, outputs,
                               [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def _gru_gemm_softmax(batch=2, inputs=5, hidden=6, classes=4, seed=0):
-    """X (seq, batch, I) -> GRU -> Y_h (1, B, H) -> Squeeze -> Gemm -> Softmax, and Y as a second output."""
-    rng = _rng(seed)
-    init = {"W": (rng.standard_normal((1, 3 * hidden, inputs)) * 0.4).astype(np.float32),
-            "R": (rng.standard_normal((1, 3 * hidden, hidden)) * 0.4).astype(np.float32),
-            "B": (rng.standard_normal((1, 6 * hidden)) * 0.3).astype(np.float32),
-            "G": rng.standard_normal((hidden, classes)).astype(np.float32),
-            "c": rng.standard_normal(classes).astype(np.float32),
-            "axes": np.array([0], np.int64)}
-    nodes = [helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden),
-             helper.make_node("Squeeze", ["Y_h", "axes"], ["h"]),
-             helper.make_node("Gemm", ["h", "G", "c"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
-    graph = helper.make_graph(
-        nodes, "gru_gemm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", inputs])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]),
-         helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["seq", 1, "batch", hidden])],
-        [numpy_helper.from_array(v, k) for k, v in init.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
     return model
 
@@ -254,7 +232,7 @@ def test_merge_batches_renames_colliding_functions(mlp):
 
 
 def test_gru_gemm_softmax_matches_onnxruntime(tmp_path):
-    onnx_model = _gru_gemm_softmax(batch=2)
+    onnx_model = gru_gemm_softmax_onnx()
     model = Model.from_onnx(onnx_model, batch=[1, 2])
     assert model.batch_dim == "batch"
     assert model.outputs[0] == {"name": "probs", "shape": ["batch", 4], "dtype": "float32"}
@@ -411,7 +389,7 @@ def test_cli_exports_a_whole_onnx_model(tmp_path):
     node it still writes a layer artifact (the layer's own path)."""
     from tvm_gru import cli  # noqa: PLC0415
 
-    onnx_model = _gru_gemm_softmax(batch=2)
+    onnx_model = gru_gemm_softmax_onnx()
     onnx.save(onnx_model, str(tmp_path / "model.onnx"))
     assert cli.main(["export", "--onnx", str(tmp_path / "model.onnx"), "--batches", "1,2",
                      "--out", str(tmp_path / "art")]) == 0

@@ -24,7 +24,7 @@ from tvm_gru.deploy.export import export_cell
 from tvm_gru.ops import reference
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from conftest import tolerance  # noqa: E402
+from conftest import gru_gemm_softmax_onnx, tolerance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,20 @@ print(json.dumps({"tvm_modules": sorted(m for m in sys.modules if m == "tvm" or 
 """
 
 
+def run_minimal(python, script: str, mode: str, *args, tmp_path) -> str:
+    """Run ``script`` in the minimal venv with ``mode`` ("package": tvm_gru from the repository on PYTHONPATH;
+    "bundled": the artifact's own loader) and ``args``; returns its stdout (a failure shows its stderr)."""
+    path = tmp_path / "run.py"
+    path.write_text(script)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "TVM_NUM_THREADS": "2"}
+    if mode == "package":
+        env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([str(python), str(path), mode, *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def minimal_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("venv")
@@ -93,15 +107,8 @@ def host_artifact(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["package", "bundled"])
 def test_minimal_venv_runs_artifact(minimal_venv, host_artifact, tmp_path, mode):
     art, inputs, ref = host_artifact
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "TVM_NUM_THREADS": "2"}
-    if mode == "package":
-        env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([str(minimal_venv), str(script), mode, str(art), str(inputs), str(tmp_path / "o.npz")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_minimal(minimal_venv, SCRIPT, mode, art, inputs, tmp_path / "o.npz", tmp_path=tmp_path)
+    info = json.loads(out.strip().splitlines()[-1])
     assert info["tvm_modules"] == []
     with np.load(tmp_path / "o.npz") as got:
         for key in got.files:
@@ -170,16 +177,9 @@ def layer_artifacts(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["package", "bundled"])
 def test_minimal_venv_runs_layer_artifact(minimal_venv, layer_artifacts, tmp_path, mode):
     art, stream_art, inputs, expected = layer_artifacts
-    script = tmp_path / "run_layer.py"
-    script.write_text(LAYER_SCRIPT)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "TVM_NUM_THREADS": "2"}
-    if mode == "package":
-        env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([str(minimal_venv), str(script), mode, str(art), str(stream_art), str(inputs),
-                           str(tmp_path / "o.npz")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_minimal(minimal_venv, LAYER_SCRIPT, mode, art, stream_art, inputs, tmp_path / "o.npz",
+                      tmp_path=tmp_path)
+    info = json.loads(out.strip().splitlines()[-1])
     assert info["tvm_modules"] == [] and info["type"] == "DeployedGRU"
     assert info["runtime_libs"] == ["lib/libtvm_runtime.so"]
     with np.load(tmp_path / "o.npz") as got:
@@ -232,45 +232,15 @@ assert not [m for m in sys.modules if m == "tvm" or m.startswith("tvm.")]
 """
 
 
-def _gru_head_model(inputs=5, hidden=8, classes=3, seed=0):
-    """X (T, B, I) -> GRU -> Y_h -> Squeeze -> Gemm -> Softmax, and Y (a whole ONNX model with one GRU node)."""
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
-
-    rng = np.random.default_rng(seed)
-    init = {"W": rng.uniform(-0.5, 0.5, (1, 3 * hidden, inputs)), "R": rng.uniform(-0.5, 0.5, (1, 3 * hidden, hidden)),
-            "B": rng.uniform(-0.3, 0.3, (1, 6 * hidden)), "G": rng.uniform(-1, 1, (hidden, classes)),
-            "c": rng.uniform(-1, 1, classes)}
-    init = {k: v.astype(np.float32) for k, v in init.items()} | {"axes": np.array([0], np.int64)}
-    nodes = [helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden),
-             helper.make_node("Squeeze", ["Y_h", "axes"], ["h"]), helper.make_node("Gemm", ["h", "G", "c"], ["l"]),
-             helper.make_node("Softmax", ["l"], ["probs"], axis=-1)]
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "batch", inputs])
-    graph = helper.make_graph(nodes, "m", [x],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]),
-                               helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "batch", hidden])],
-                              [numpy_helper.from_array(v, k) for k, v in init.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.mark.parametrize("mode", ["package", "bundled"])
 def test_minimal_venv_runs_model_artifact(minimal_venv, tmp_path, mode):
-    model = tvm_gru.Model.from_onnx(_gru_head_model(), batch=[1, 2])
+    model = tvm_gru.Model.from_onnx(gru_gemm_softmax_onnx(), batch=[1, 2])
     art = model.export(tmp_path / "model")
     rng = np.random.default_rng(1)
     feeds = {"t3_b2": rng.uniform(-1, 1, (3, 2, 5)).astype("float32"),
              "t9_b1": rng.uniform(-1, 1, (9, 1, 5)).astype("float32")}
     np.savez(tmp_path / "inputs.npz", **feeds)
-    script = tmp_path / "run.py"
-    script.write_text(MODEL_SCRIPT)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "TVM_NUM_THREADS": "2"}
-    if mode == "package":
-        env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([str(minimal_venv), str(script), mode, str(art), str(tmp_path / "inputs.npz"),
-                           str(tmp_path / "o.npz")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_minimal(minimal_venv, MODEL_SCRIPT, mode, art, tmp_path / "inputs.npz", tmp_path / "o.npz", tmp_path=tmp_path)
     with np.load(tmp_path / "o.npz") as got:
         for key, x in feeds.items():
             probs, y = model(x)

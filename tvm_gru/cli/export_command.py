@@ -59,6 +59,13 @@ def check_files(args, error) -> None:
 
 
 
+def _keras_weights(path) -> list:
+    """``[kernel, recurrent_kernel(, bias)]`` from a .npz with those names, else its arrays in order."""
+    with np.load(path, allow_pickle=False) as data:
+        keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
+        return [data[k] for k in keys]
+
+
 def _cell_from_files(args):
     if args.onnx:
         loaded = from_onnx(args.onnx)
@@ -69,9 +76,7 @@ def _cell_from_files(args):
         config = config.get("config", config)  # a Keras layer dict {"class_name": ..., "config": {...}}
         cell = GRUCell.from_config(config)
         if args.weights:
-            with np.load(args.weights) as data:
-                keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
-                cell.set_weights([data[k] for k in keys])
+            cell.set_weights(_keras_weights(args.weights))
         elif args.input_dim:
             cell.build((1, args.input_dim))
         return cell
@@ -110,9 +115,7 @@ def _layer_from_files(args):
         config = {**config.get("config", config), **flags}
         layer = GRU.from_config(config)
         if args.weights:
-            with np.load(args.weights) as data:
-                keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
-                layer.set_weights([data[k] for k in keys])
+            layer.set_weights(_keras_weights(args.weights))
         elif args.input_dim:
             layer.build((1, 1, args.input_dim))
         return layer
