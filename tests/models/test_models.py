@@ -401,3 +401,22 @@ def test_cli_exports_a_whole_onnx_model(tmp_path):
     with pytest.raises(SystemExit):  # argparse error: --model reads an ONNX file
         cli.main(["export", "--model", "--units", "8", "--out", str(tmp_path / "nothing")])
     assert not (tmp_path / "nothing").exists()
+
+
+def test_onnx_models_need_no_torch(tmp_path):
+    """torch is an optional extra: tvm_gru.relax and Model.from_onnx work in a process where it cannot be imported
+    (TVM's torch frontend imports torch, so it is imported only by the torch path)."""
+    onnx.save(gru_gemm_softmax_onnx(), str(tmp_path / "m.onnx"))
+    script = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is not installed here')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "import numpy as np, tvm_gru\n"
+        f"model = tvm_gru.Model.from_onnx({str(tmp_path / 'm.onnx')!r}, batch=[1])\n"
+        "probs, y = model(np.zeros((3, 1, 5), np.float32))\n"
+        "assert probs.shape == (1, 4) and 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]

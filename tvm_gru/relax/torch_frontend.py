@@ -27,7 +27,6 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program as tvm_import
 
 from .. import targets
 from ..layers.gru import GRU
@@ -202,6 +201,9 @@ def from_exported_program(exported_program, *, target=None, decompose: bool = Tr
     convert_map = dict(kwargs.pop("custom_convert_map", None) or {})
     convert_map.update(torch_convert_map(target, exported_program=exported_program))
     kwargs.pop("run_ep_decomposition", None)
+    # TVM's torch frontend imports torch: only here, so tvm_gru.relax (and ONNX models) work without torch
+    from tvm.relax.frontend.torch import from_exported_program as tvm_import  # noqa: PLC0415
+
     return tvm_import(exported_program, custom_convert_map=convert_map, run_ep_decomposition=False, **kwargs)
 
 
