@@ -37,6 +37,7 @@ from ..deploy.toolchains import aarch64_runtime_lib, runtime_libs
 from ..interop.onnx_io import external_tensor, load_model
 from ..relax import compile as relax_compile
 from ..relax import from_onnx as relax_from_onnx
+from ..relax.torch_frontend import export_torch, from_exported_program
 from ..runtime import artifact
 from ..runtime.deployed_model import VM_PROVIDES, ModelCalls, ModelSignature, create_vm
 from ..runtime.format import ANY_BATCH, KIND_VERSIONS
@@ -51,7 +52,6 @@ _BATCH_NAMES = ("batch", "batch_size", "batchsize", "n", "b", "bs")  # dim_param
 def _read_model(model_or_path):
     """A private copy of the ONNX model with its external data read (only from inside the model's folder, as
     for :func:`tvm_gru.from_onnx`)."""
-
     model, folder = load_model(model_or_path)
     own = onnx.ModelProto()
     own.CopyFrom(model)
@@ -87,7 +87,6 @@ def _graph_inputs(model, input_shapes) -> list:
     """[{"name", "shape", "dtype"}] of the graph's run-time inputs (initializers excluded), in graph order, with
     ``input_shapes`` applied and every unnamed unknown dimension named ``{input}_{axis}``. The model's input
     types are rewritten to match (so every importer sees the same shapes)."""
-
     graph = model.graph
     constants = {t.name for t in graph.initializer}
     inputs = [vi for vi in graph.input if vi.name not in constants]
@@ -182,7 +181,6 @@ def _import(model, target):
 
 def _rename_globals(func, mapping: dict):
     """``func`` (a Relax function) with its references to the GlobalVars in ``mapping`` replaced."""
-
     @relax.expr_functor.mutator
     class _Rename(relax.expr_functor.PyExprMutator):
         def visit_global_var_(self, op):
@@ -195,7 +193,6 @@ def merge_batches(modules: dict):
     """One IRModule from per-batch modules ({B: IRModule with a Relax ``main``}): ``main_b{B}`` per batch (``main``
     for the key :data:`ANY_BATCH`) and the other functions, each added once (a BlockBuilder shares structurally
     equal functions and gives a colliding name to a different one a new name, e.g. ``matmul1``)."""
-
     builder = relax.BlockBuilder()
     mains = {}
     for batch, mod in modules.items():
@@ -302,7 +299,6 @@ class Model(ModelSignature):
     graph order, the array itself when the graph has one output. Symbolic dimensions take any size (the same
     size wherever a name repeats); the batch takes the sizes compiled for (:attr:`batch_sizes`; None: any).
     """
-
     def __init__(self, build, target):
         """Use :meth:`from_onnx` or :meth:`from_torch`. ``build(target)`` -> (the metadata signature: inputs,
         outputs, batch_dim, batch_sizes, kernel; the VM executable) of the model compiled for ``target``."""
@@ -341,7 +337,6 @@ class Model(ModelSignature):
         NotImplementedError
             A GRU node while ``tvm_gru.relax`` is not available.
         """
-
         target = targets.resolve(target)
         _cpu_family(target, "compile")
         onnx_model = _read_model(model_or_path)
@@ -363,8 +358,6 @@ class Model(ModelSignature):
         (every ``nn.GRU`` lowered to tvm_gru's kernel). Shapes are static (the example's: ``torch.export``
         specialises the sequence length of ``nn.GRU``); outputs are named ``output_0``, ``output_1``, ...
         Called like a model from :meth:`from_onnx`; :meth:`export` works the same."""
-        from ..relax.torch_frontend import export_torch, from_exported_program  # noqa: PLC0415
-
         target = targets.resolve(target)
         _cpu_family(target, "compile")
         ep, inputs = export_torch(module_or_exported_program, example_inputs)
@@ -427,7 +420,6 @@ class Model(ModelSignature):
         Path
             The artifact folder.
         """
-
         target = self.target if target is None else targets.resolve(target)
         family = _cpu_family(target, "export")
         dest = check_destination(path, overwrite)
@@ -440,7 +432,6 @@ class Model(ModelSignature):
 
 def _model_runtime_libs(family: str, library: Path) -> list:
     """[(source, provides)]: the TVM runtime library, always (it registers the Relax VM's loader)."""
-
     libs = runtime_libs(family, library)
     if libs:
         return libs

@@ -15,8 +15,15 @@ Example::
 
 from __future__ import annotations
 
+import tvm
+from tvm.relax.backend.cpu_generic import pipeline as cpu
+from tvm.s_tir import dlight as dl
+
+from .. import targets
+from ..build.tvm_workarounds import sequence_pass_config, vectorizable_isnan
 from .lowering import SequenceKernels, emit_direction, emit_onnx_gru
 from .onnx_frontend import GRUGraphImporter, from_onnx
+from .schedule import cpu_schedule_pass
 from .torch_frontend import from_exported_program, torch_convert_map
 
 __all__ = ["from_onnx", "from_exported_program", "torch_convert_map", "compile", "relax_pipeline",
@@ -28,16 +35,11 @@ def relax_pipeline(target, dlight: bool = False, schedule: bool = True):
     kernels carry ``tirx.is_scheduled`` and are left alone) scheduled right after ``FuseTIR``: by
     :mod:`tvm_gru.relax.schedule`'s CPU rules (GEMM register tiles, vectorized element-wise ops, row-parallel
     softmax) when ``schedule``, then by dlight's CPU rules (GEMV, Reduction) for what is left when ``dlight``."""
-    import tvm  # noqa: PLC0415
-    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
-
     scheduling = []
     if schedule:
-        from .schedule import cpu_schedule_pass  # noqa: PLC0415
 
         scheduling.append(cpu_schedule_pass(target))
     if dlight:
-        from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
         scheduling.append(dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction()))
 
@@ -63,11 +65,6 @@ def compile(mod, target=None, *, dlight: bool = False, schedule: bool = True):  
     for what is left unscheduled (alone, they were slower than these rules on every model tried; see
     benchmarks/README.md).
     """
-    import tvm  # noqa: PLC0415
-
-    from .. import targets  # noqa: PLC0415
-    from ..build.tvm_workarounds import sequence_pass_config, vectorizable_isnan  # noqa: PLC0415
-
     target = targets.resolve(target)
     if target.kind.name != "llvm":
         raise ValueError(f"tvm_gru.relax.compile builds CPU modules (llvm targets); received {target.kind.name}")

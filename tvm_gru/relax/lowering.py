@@ -13,14 +13,18 @@ the kernel reads ``T`` from ``x``, and the outputs' ``T`` is the same expression
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax, te, tirx
+
+from .. import targets
+from ..build.sequence import scheduled_sequence
+from ..layers.bidirectional import Bidirectional
+from ..ops.sequence import SequenceSpec, pack_sequence_weights
 
 __all__ = ["SequenceKernels", "emit_direction", "emit_lengths_mask", "emit_onnx_gru", "static_dim"]
 
 
 def static_dim(shape, axis: int, what: str) -> int:
     """``shape[axis]`` as an int, or ValueError naming ``what`` when it is symbolic."""
-    from tvm import tirx  # noqa: PLC0415
-
     dim = shape[axis]
     if not isinstance(dim, tirx.IntImm):
         raise ValueError(f"{what} is {dim} (symbolic); the GRU kernel is specialised on it: give a static value "
@@ -30,8 +34,6 @@ def static_dim(shape, axis: int, what: str) -> int:
 
 def tensor_shape(expr, what: str, ndim: int):
     """The shape (a list of PrimExprs) of the Relax tensor ``expr``, or ValueError naming ``what``."""
-    from tvm import relax  # noqa: PLC0415
-
     tinfo = expr.ty
     if not isinstance(tinfo, relax.TensorType) or tinfo.shape is None \
             or not isinstance(tinfo.shape, relax.ShapeExpr) or tinfo.ndim != ndim:
@@ -43,8 +45,6 @@ def _reverse_before_outputs(func, spec):
     """``func`` (a sequence kernel: inputs, outputs, ``reverse``) with ``reverse`` moved before the outputs, the
     order ``call_tir`` passes them in. Only the parameter list changes: the body refers to the parameters
     themselves."""
-    from tvm import tirx  # noqa: PLC0415
-
     params = list(func.params)
     outputs = 2 + int(spec.return_sequences)
     params = params[:-1 - outputs] + [params[-1]] + params[-1 - outputs:-1]
@@ -65,7 +65,6 @@ class SequenceKernels:
     target : tvm.target.Target
         The kernels' schedules are chosen for it (CPU targets: x86, aarch64); compile the module for it.
     """
-
     def __init__(self, bb, target):
         self.bb = bb
         self.target = target
@@ -73,8 +72,6 @@ class SequenceKernels:
 
     def get(self, spec):
         """The GlobalVar of the kernel for ``spec``."""
-        from ..build.sequence import scheduled_sequence  # noqa: PLC0415
-
         key = spec.key()
         if key not in self._added:
             func = _reverse_before_outputs(scheduled_sequence(spec, self.target)["main"], spec)
@@ -87,8 +84,6 @@ class SequenceKernels:
 def emit_lengths_mask(bb, x, lengths, time_major: bool):
     """The uint8 Keras mask ``t < lengths[b]`` for ``x`` ((T, B, ...) if ``time_major`` else (B, T, ...)): (T, B)
     or (B, T), with the (possibly symbolic) T read from ``x``."""
-    from tvm import te  # noqa: PLC0415
-
     def mask(xt, lens):
         t_axis, b_axis = (0, 1) if time_major else (1, 0)
         shape = (xt.shape[t_axis], xt.shape[b_axis]) if time_major else (xt.shape[b_axis], xt.shape[t_axis])
@@ -119,11 +114,6 @@ def emit_direction(kernels: SequenceKernels, layer, x, h0=None, mask=None, *, re
     mask : relax.Expr, optional
         uint8 (T, B) if time_major else (B, T); nonzero = valid step.
     """
-    from tvm import relax, tirx  # noqa: PLC0415
-
-    from .. import targets  # noqa: PLC0415
-    from ..ops.sequence import SequenceSpec, pack_sequence_weights  # noqa: PLC0415
-
     bb, config, time_major = kernels.bb, layer.cell.config, bool(layer.time_major)
     what = f"the GRU input X of {layer.name or 'the GRU node'}"
     shape = tensor_shape(x, what, 3)
@@ -160,8 +150,6 @@ def emit_direction(kernels: SequenceKernels, layer, x, h0=None, mask=None, *, re
 
 def select(bb, expr, axis: int, index: int):
     """``expr`` indexed at ``index`` on ``axis`` (the axis removed)."""
-    from tvm import relax  # noqa: PLC0415
-
     part = bb.emit(relax.op.strided_slice(expr, axes=[axis], begin=[index], end=[index + 1]))
     return bb.emit(relax.op.squeeze(part, axis=[axis]))
 
@@ -178,10 +166,6 @@ def emit_onnx_gru(kernels: SequenceKernels, layer, x, sequence_lens=None, initia
     x, sequence_lens, initial_h : relax.Expr (the last two optional)
         The node's inputs X, sequence_lens (B,) and initial_h ((D, B, H) for layout 0, (B, D, H) for layout 1).
     """
-    from tvm import relax  # noqa: PLC0415
-
-    from ..layers.bidirectional import Bidirectional  # noqa: PLC0415
-
     bb = kernels.bb
     directions = [layer.forward_layer, layer.backward_layer] if isinstance(layer, Bidirectional) else [layer]
     time_major = bool(directions[0].time_major)

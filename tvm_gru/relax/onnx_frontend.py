@@ -12,14 +12,22 @@ from __future__ import annotations
 import warnings
 from collections import deque
 
+import onnx
+import tvm
+from onnx import AttributeProto
+from tvm import relax
+from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
+
+from .. import targets
+from ..interop.onnx_io import from_onnx as import_gru
+from .lowering import SequenceKernels, emit_onnx_gru
+
 __all__ = ["from_onnx", "GRUGraphImporter"]
 
 _ONNX_DOMAINS = ("", "ai.onnx")
 
 
 def _subgraphs(node):
-    from onnx import AttributeProto  # noqa: PLC0415
-
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:
             yield attr.g
@@ -41,13 +49,7 @@ def _names_read(graph, out: set) -> set:
     return out
 
 
-def _importer_base():
-    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter  # noqa: PLC0415
-
-    return ONNXGraphImporter
-
-
-class GRUGraphImporter(_importer_base()):
+class GRUGraphImporter(ONNXGraphImporter):
     """TVM's ``ONNXGraphImporter`` that lowers ``GRU`` nodes to tvm_gru kernels.
 
     Parameters
@@ -59,10 +61,7 @@ class GRUGraphImporter(_importer_base()):
     shape_dict, dtype_dict, keep_params_in_input, sanitize
         As for ``ONNXGraphImporter``.
     """
-
     def __init__(self, model, target, shape_dict, dtype_dict, keep_params_in_input=False, sanitize=True):
-        from .lowering import SequenceKernels  # noqa: PLC0415
-
         super().__init__(shape_dict, dtype_dict, keep_params_in_input=keep_params_in_input, sanitize=sanitize)
         self._model = model
         self._target = target
@@ -72,11 +71,6 @@ class GRUGraphImporter(_importer_base()):
     def _check_for_unsupported_ops(self, graph):
         """TVM's check, less ``GRU``; every GRU node is imported here (its ValueError raised before any Relax is
         built), in graph order, for :meth:`_convert_operator`."""
-        import tvm  # noqa: PLC0415
-        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map  # noqa: PLC0415
-
-        from ..interop.onnx_io import from_onnx as import_gru  # noqa: PLC0415
-
         convert_map = _get_convert_map()
         unsupported = set()
         for node in graph.node:
@@ -105,7 +99,6 @@ class GRUGraphImporter(_importer_base()):
     def _convert_operator(self, op_name, inputs, attrs, opset):
         if op_name != "GRU":
             return super()._convert_operator(op_name, inputs, attrs, opset)
-        from .lowering import emit_onnx_gru  # noqa: PLC0415
 
         name = attrs.get("tvm_custom", {}).get("name")
         if not self._pending or self._pending[0][0].name != name:
@@ -122,7 +115,6 @@ class GRUGraphImporter(_importer_base()):
         if "sequence_lens" not in required and known.get("sequence_lens") is None:
             lens = None
         y, y_h = emit_onnx_gru(self._kernels, layer, x, lens, h, want_y=want_y)
-        from tvm import relax  # noqa: PLC0415
 
         return relax.Tuple([y_h if y is None else y, y_h])  # Y's slot is never read when want_y is False
 
@@ -153,10 +145,6 @@ def from_onnx(model, shape_dict=None, dtype_dict="float32", opset=None, keep_par
         For a GRU node tvm_gru cannot represent (the message of :func:`tvm_gru.interop.onnx_io.from_onnx`), a
         symbolic batch or input size, a GRU inside a subgraph.
     """
-    import onnx  # noqa: PLC0415
-
-    from .. import targets  # noqa: PLC0415
-
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"`model` must be an onnx.ModelProto; received {type(model).__name__}")
     if model.ir_version < 3:

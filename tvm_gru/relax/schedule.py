@@ -26,6 +26,9 @@ import logging
 
 import tvm
 from tvm import tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+from .. import targets
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +235,6 @@ def schedule_prim_func(func: tirx.PrimFunc, lanes):
 
 def schedule_cpu(mod: tvm.IRModule, target) -> tvm.IRModule:
     """Schedule every unscheduled PrimFunc of ``mod`` for the CPU ``target`` (see the module docstring)."""
-    from .. import targets  # noqa: PLC0415
-
     updates = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and func.attrs.get("tirx.is_scheduled",
@@ -258,10 +259,6 @@ def legalized_module(mod: tvm.IRModule, target) -> tvm.IRModule:
     """``mod`` after the CPU pipeline's library dispatch and legalization passes (``LegalizeOps`` ...
     ``FuseTIR``): what :func:`schedule_cpu` receives inside :func:`tvm_gru.relax.compile` (for inspection and
     tests: ``schedule_cpu(legalized_module(mod, target), target)`` is the scheduled module)."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
-
-    from .. import targets  # noqa: PLC0415
-
     target = targets.resolve(target)
     with target:
         return tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
@@ -269,7 +266,6 @@ def legalized_module(mod: tvm.IRModule, target) -> tvm.IRModule:
 
 def cpu_schedule_pass(target):
     """:func:`schedule_cpu` as a module pass."""
-
     @tvm.transform.module_pass(opt_level=0, name="tvm_gru_cpu_schedule")
     def _pass(mod, _ctx):
         return schedule_cpu(mod, target)
