@@ -6,6 +6,8 @@ exported kernel was seen to segfault. Every buffer handed to a kernel comes from
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ALIGN = 64
@@ -15,7 +17,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # math.prod: ~0.1 µs, np.prod ~3 µs (model calls copy inputs)
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
     offset = (-raw.ctypes.data) % ALIGN
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
