@@ -134,3 +134,31 @@ def test_model_from_torch():
     assert model.output_names == ["output_0", "output_1"]
     out = model(*[a.numpy() for a in args])
     _check(net, args, out)
+
+
+class LastStep(torch.nn.Module):
+    """The usual heads on a GRU: ``y[:, -1]`` and ``h_n[-1]`` (negative ``aten.select.int``), and positive ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16, num_layers=2, batch_first=True)
+
+    def forward(self, x):
+        y, h_n = self.gru(x)
+        return y[:, -1], y[:, 2], h_n[-1], h_n[-2], y[-1]
+
+
+def test_negative_select_reads_from_the_end():
+    # TVM 0.27's own select converter took index -1 as it is (take, "fast" mode): 9e34 read out of bounds
+    from tvm_gru.models.model import Model
+
+    torch.manual_seed(6)
+    net = LastStep().eval()
+    x = _inputs(net, batch=1, steps=5, with_h0=False)
+    with torch.no_grad():
+        want = [t.numpy() for t in net(*x)]
+    got = Model.from_torch(net, x)(x[0].numpy())
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)

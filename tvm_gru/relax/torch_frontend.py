@@ -103,6 +103,11 @@ def torch_convert_map(target=None, exported_program=None) -> dict:
 
     The converter handles any ``num_layers``, ``bidirectional``, ``batch_first``, ``bias=False`` and ``hx``;
     ``train=True`` with ``dropout > 0`` is refused (inference only). Batch and input sizes must be static.
+
+    The map also has ``"select.int"``: TVM 0.27's converter emits ``take`` in its "fast" mode with the index as
+    given, so a negative index (``y[:, -1]``, the usual way to take a GRU's last step; ``h_n[-1]``) reads out of
+    bounds (seen: 9e34 where torch gives 0.06). This one counts a negative index from the end of a static axis
+    and refuses one outside it.
     """
 
     target = targets.resolve(target)
@@ -116,7 +121,27 @@ def torch_convert_map(target=None, exported_program=None) -> dict:
             state["bb"], state["kernels"] = bb, SequenceKernels(bb, target)
         return _convert_gru(node, importer, state["kernels"], tensors)
 
-    return {"gru.input": convert}
+    return {"gru.input": convert, "select.int": _convert_select}
+
+
+def _convert_select(node, importer):
+    """``aten.select.int(x, dim, index)``: ``x`` indexed at ``index`` on ``dim`` (that axis removed)."""
+    x = importer.env[node.args[0]]
+    ndim = x.ty.ndim
+    dim, index = int(node.args[1]), int(node.args[2])
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"aten.select.int: dim {dim} is out of range for a tensor of rank {ndim}")
+    dim %= ndim
+    size = x.ty.shape.values[dim] if isinstance(x.ty.shape, relax.ShapeExpr) else None
+    bb = importer.block_builder
+    if isinstance(size, tvm.tirx.IntImm):
+        if not -int(size) <= index < int(size):
+            raise ValueError(f"aten.select.int: index {index} is out of range for axis {dim} of size {int(size)}")
+        return select(bb, x, dim, index % int(size))
+    # a symbolic axis: strided_slice counts a negative begin from the end, as torch does
+    end = index + 1 if index != -1 else (1 << 63) - 1
+    part = bb.emit(relax.op.strided_slice(x, axes=[dim], begin=[index], end=[end]))
+    return bb.emit(relax.op.squeeze(part, axis=[dim]))
 
 
 def _weight_value(node, importer, tensors, what: str):
