@@ -306,7 +306,7 @@ def test_tuning_run_drops_a_refused_record_before_tvm_reads_the_log(tmp_path, ca
     d = tmp_path / tuning_db.target_id(target)
     _write_log(d, workload_line, [good, bad])
     caplog.set_level(logging.WARNING, logger="tvm_gru")
-    task = tune._Task.open(d, _spec(target), target)
+    task, _ = tune.step_task(d, _spec(target), target)
     assert len(task.db.get_all_tuning_records()) == 1
     assert MARKER not in (d / tuning_db.RECORDS).read_text()
     assert MARKER in (d / (tuning_db.RECORDS + ".damaged")).read_text()

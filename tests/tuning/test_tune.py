@@ -390,7 +390,7 @@ def test_rpc_tuning_with_a_tracker_and_two_servers(tmp_path):
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     d = tmp_path / tuning_db.target_id(targets.resolve(None))
-    with tune._exclusive(d):
+    with tune.locked(d):
         with pytest.raises(RuntimeError, match="another tuning run"):
             tune.tune(**SMALL, trials=1, log_dir=tmp_path, progress=False)
 

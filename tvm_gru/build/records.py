@@ -390,14 +390,15 @@ def one_region_hazard(config_text: str | None, func) -> bool:
 MARGIN = 0.05  # a record must beat the hand schedule by 5%: re-measuring the same pair moved it by up to ~5% here
 
 
-def best_tuned_module(func, target, d: Path, baselines: dict):
+def best_tuned_module(func, target, d: Path, baselines: dict, hand_source: str | None = None):
     """The IRModule of the chosen record for ``func`` on ``target`` in ``d``, or None.
 
     The newest baseline for this workload and target decides: it must have been measured with the current hand
-    schedules, and the record it names (``record``, re-measured as ``tuned_seconds`` beside the hand schedule)
-    must beat the hand schedule's ``seconds`` by :data:`MARGIN`. Records measured after it (an interrupted run)
-    wait for the next run's re-measurement. A baseline written by hand without a ``record`` compares the
-    fastest record's own time instead. ``baselines`` is ``baselines(d)``.
+    schedules (``hand_source``, default :func:`hand_fingerprint` of the step rules), and the record it names
+    (``record``, re-measured as ``tuned_seconds`` beside the hand schedule) must beat the hand schedule's
+    ``seconds`` by :data:`MARGIN`. Records measured after it (an interrupted run) wait for the next run's
+    re-measurement. A baseline written by hand without a ``record`` compares the fastest record's own time
+    instead. ``baselines`` is ``baselines(d)``.
     """
     mod = module(func)
     tkey = target_key(target)
@@ -405,7 +406,7 @@ def best_tuned_module(func, target, d: Path, baselines: dict):
     if not lines:
         return None
     base = lines[-1]
-    if base.get("hand_source") != hand_fingerprint(target):
+    if base.get("hand_source") != (hand_source or hand_fingerprint(target)):
         log.info("tvm_gru: tuning records for %s predate the current hand schedules; run `tvm-gru tune --refresh` "
                  "to re-measure them", base.get("spec"))
         return None
@@ -422,12 +423,13 @@ def best_tuned_module(func, target, d: Path, baselines: dict):
     return apply_record(best, mod).mod
 
 
-def lookup(func, target):
-    """Return the tuned IRModule for ``func`` on ``target`` if a matching record beats the hand schedule."""
+def lookup(func, target, hand_source: str | None = None):
+    """Return the tuned IRModule for ``func`` on ``target`` if a matching record beats the hand schedule
+    (``hand_source``: see :func:`best_tuned_module`)."""
     d = db_dir(target)
     if not (d / RECORDS).exists():
         return None
-    return best_tuned_module(func, target, d, baselines(d))
+    return best_tuned_module(func, target, d, baselines(d), hand_source)
 
 
 def now() -> str:

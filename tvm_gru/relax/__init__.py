@@ -4,6 +4,8 @@
   nodes lowered to ``call_tir`` of the scheduled kernel; other ops go to TVM's converters.
 * :func:`compile`: ``tvm.compile`` with the PassContext the sequence kernels need (optionally dlight's CPU
   rules for the other, legalized ops).
+* :func:`tune_model`: MetaSchedule tuning of the model's other functions (static shapes), records applied by
+  :func:`compile` where they beat the hand rules.
 
 Example::
 
@@ -25,19 +27,21 @@ from .lowering import SequenceKernels, emit_direction, emit_onnx_gru
 from .onnx_frontend import GRUGraphImporter, from_onnx
 from .schedule import cpu_schedule_pass
 from .torch_frontend import from_exported_program, torch_convert_map
+from .tuning import apply_tuned_pass, model_tasks, tune_model
 
-__all__ = ["from_onnx", "from_exported_program", "torch_convert_map", "compile", "relax_pipeline",
-           "GRUGraphImporter", "SequenceKernels", "emit_direction", "emit_onnx_gru"]
+__all__ = ["from_onnx", "from_exported_program", "torch_convert_map", "compile", "relax_pipeline", "tune_model",
+           "model_tasks", "GRUGraphImporter", "SequenceKernels", "emit_direction", "emit_onnx_gru"]
 
 
 def relax_pipeline(target, dlight: bool = False, schedule: bool = True):
     """TVM's default CPU Relax pipeline, with the legalized and fused ops that are not yet scheduled (tvm_gru's
-    kernels carry ``tirx.is_scheduled`` and are left alone) scheduled right after ``FuseTIR``: by
-    :mod:`tvm_gru.relax.schedule`'s CPU rules (GEMM register tiles, vectorized element-wise ops, row-parallel
-    softmax) when ``schedule``, then by dlight's CPU rules (GEMV, Reduction) for what is left when ``dlight``."""
+    kernels carry ``tirx.is_scheduled`` and are left alone) scheduled right after ``FuseTIR``: by their tuning
+    records where one beat the hand rule (:mod:`tvm_gru.relax.tuning`), then by :mod:`tvm_gru.relax.schedule`'s
+    CPU rules (GEMM register tiles, vectorized element-wise ops, row-parallel softmax) when ``schedule``, then by
+    dlight's CPU rules (GEMV, Reduction) for what is left when ``dlight``."""
     scheduling = []
     if schedule:
-
+        scheduling.append(apply_tuned_pass(target))
         scheduling.append(cpu_schedule_pass(target))
     if dlight:
 

@@ -43,7 +43,8 @@ from ..ops.config import GRUConfig, StepSpec, check_positive_int
 from . import space as tune_space
 from .space import SPACES
 
-__all__ = ["tune", "refresh", "TuneResult", "SPACES"]
+__all__ = ["tune", "refresh", "TuneResult", "SPACES", "Task", "step_task", "tune_task", "locked", "ctrl_c",
+           "TextProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ VERIFY_TOP = 3
 class TuneResult:
     """What one :func:`tune` call found. Times are the best of repeats, in seconds, measured at the end."""
 
-    spec: StepSpec
+    spec: StepSpec | None  # None: a model function (``name``)
     target_id: str
     log_dir: Path
     trials_run: int
@@ -66,13 +67,14 @@ class TuneResult:
     best_config: str | None
     applied: bool
     elapsed_s: float
+    name: str = ""  # what was tuned, when it is not a step (a whole model's function)
 
     @property
     def speedup(self) -> float | None:
         return self.hand_seconds / self.tuned_seconds if self.tuned_seconds else None
 
     def summary(self) -> str:
-        lines = [f"{self.spec.key()} on {self.target_id}: {self.trials_run} trials this run, "
+        lines = [f"{self.name or self.spec.key()} on {self.target_id}: {self.trials_run} trials this run, "
                  f"{self.records} records in all, {self.elapsed_s:.0f} s",
                  f"  hand schedule : {self.hand_seconds * 1e6:10.2f} us"]
         if self.tuned_seconds is None:
@@ -148,14 +150,14 @@ def tune(units, input_dim, batch, *, activation="tanh", recurrent_activation="ha
                     reset_after=reset_after, implementation=implementation, dtype=dtype)
     spec = StepSpec(cfg, batch=check_positive_int("batch", batch), input_dim=check_positive_int("input_dim", input_dim),
                     lanes=targets.lanes(target, cfg.dtype))
-    report = _TextProgress() if progress is True else (progress or (lambda *a: None))
+    report = TextProgress() if progress is True else (progress or (lambda *a: None))
     d = Path(log_dir) / tuning_db.target_id(target) if log_dir else tuning_db.db_dir(target)
     t0 = time.perf_counter()
-    with _exclusive(d), _ctrl_c():
-        task = _Task.open(d, spec, target)
+    with locked(d), ctrl_c():
+        task, func = step_task(d, spec, target)
         bench = Bench(target, rpc_tracker, rpc_key, wait_quiet_s=float(wait_quiet))
-        run, hand_s, tuned_s, best = _tune_and_verify(task, bench, space, trials, per_batch, cost_model, seed,
-                                                      verify_rounds, report)
+        run, hand_s, tuned_s, best = tune_task(task, bench, lambda: tune_space.space(space, func, spec, target),
+                                               trials, per_batch, cost_model, seed, verify_rounds, report)
     return TuneResult(spec=spec, target_id=tuning_db.target_id(target), log_dir=d, trials_run=run,
                       records=task.count(), hand_seconds=hand_s, tuned_seconds=tuned_s,
                       best_config=tune_space.config_of(best),
@@ -164,33 +166,36 @@ def tune(units, input_dim, batch, *, activation="tanh", recurrent_activation="ha
 
 
 @dataclass(frozen=True)
-class _Task:
-    """One workload being tuned: folder, database, MetaSchedule workload, PrimFunc, module, arguments, hand rule."""
+class Task:
+    """One workload being tuned: its folder and database, the MetaSchedule workload, the module it is filed as,
+    the arguments, and the hand schedule it must beat (module, description, source fingerprint).
+
+    ``name`` labels it in the baseline and the search logs; ``args`` are stored with each baseline (for
+    :func:`refresh`: the step's :func:`tune` arguments)."""
 
     d: Path
     db: object
     workload: object
-    func: object
     mod: object
-    spec: StepSpec
     target: object
     args_info: list
-    rule: object
-    hand: object
+    name: str
+    hand_mod: object
+    hand_config: str
+    hand_source: str
+    args: dict
 
     @classmethod
-    def open(cls, d: Path, spec, target) -> "_Task":
+    def open(cls, d: Path, func, target, *, name: str, hand_mod, hand_config: str, hand_source: str,
+             args: dict) -> "Task":
+        """Repair ``d``'s files, open its database and file ``func`` (a PrimFunc) as a workload."""
         from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
 
-        from ..ops import compute  # noqa: PLC0415
-
         tuning_db.repair(d)
-        func = compute.step_primfunc(spec)
         mod = tuning_db.module(func)
         db = ms.database.JSONDatabase(work_dir=str(d), module_equality="structural")
-        rule, hand = tune_space.hand_rule(func, spec, target)
-        return cls(d, db, db.commit_workload(mod), func, mod, spec, target, ms.arg_info.ArgInfo.from_prim_func(func),
-                   rule, hand)
+        return cls(d, db, db.commit_workload(mod), mod, target, ms.arg_info.ArgInfo.from_prim_func(func), name,
+                   hand_mod, hand_config, hand_source, args)
 
     def records(self, failed=False):
         return tuning_db.records_for(self.d, self.mod, self.target, failed=failed)
@@ -200,33 +205,45 @@ class _Task:
         return len(self.records(failed=True)[1])
 
 
-def _tune_and_verify(task, bench, space, trials, per_batch, cost_model, seed, verify_rounds, report):
-    """Search for the missing trials, re-measure the best record against the hand schedule, append the baseline."""
+def step_task(d: Path, spec, target) -> tuple:
+    """``(Task, step PrimFunc)`` for the GRU step ``spec`` on ``target``."""
+    from ..ops import compute  # noqa: PLC0415
+
+    func = compute.step_primfunc(spec)
+    rule, hand = tune_space.hand_rule(func, spec, target)
+    default = rule.default_config(spec, target) if hasattr(rule, "default_config") else None
+    task = Task.open(d, func, target, name=spec.key(), hand_mod=hand.mod, hand_config=tune_space.describe(default),
+                     hand_source=tuning_db.hand_fingerprint(target), args=_tune_args(spec))
+    return task, func
+
+
+def tune_task(task: Task, bench, design, trials, per_batch, cost_model, seed, verify_rounds, report) -> tuple:
+    """Search for the missing trials (``design()``: the space generator, made only when trials are missing),
+    re-measure the best records against the hand schedule, append the baseline; ``(trials run, hand seconds,
+    tuned seconds or None, best record or None)``."""
     try:
         before = task.count()
         run = 0
         if before < trials:
-            design = tune_space.space(space, task.func, task.spec, task.target)
-            run = _tune_missing(task, bench, design, before, trials, per_batch, cost_model, seed, report)
+            run = _tune_missing(task, bench, design(), before, trials, per_batch, cost_model, seed, report)
         found = task.records()[1]
         top = _distinct_fastest(found, VERIFY_TOP)
-        mods = [task.hand.mod] + [tuning_db.apply_record(r, task.mod).mod for r in top]
+        mods = [task.hand_mod] + [tuning_db.apply_record(r, task.mod).mod for r in top]
         times = [min(t, default=None) for t in bench.measure(mods, task.args_info, rounds=verify_rounds)]
     finally:
         bench.close()
     hand_s = times[0]
     if hand_s is None:
-        raise RuntimeError(f"the hand schedule of {task.spec.key()} failed to build or run ({bench.where})")
+        raise RuntimeError(f"the hand schedule of {task.name} failed to build or run ({bench.where})")
     verified = [(t, r) for t, r in zip(times[1:], top) if t is not None]
     tuned_s, best = min(verified, key=lambda pair: pair[0]) if verified else (None, None)
-    default = task.rule.default_config(task.spec, task.target) if hasattr(task.rule, "default_config") else None
     tuning_db.append_baseline(task.d, {
         "workload": tuning_db.workload_key(task.mod), "seconds": hand_s, "tuned_seconds": tuned_s,
-        "record": tuning_db.digest(best) if best is not None else None, "spec": task.spec.key(),
-        "target": tuning_db.target_key(task.target), "hand_source": tuning_db.hand_fingerprint(task.target),
-        "hand_config": tune_space.describe(default), "best_config": tune_space.config_of(best),
+        "record": tuning_db.digest(best) if best is not None else None, "spec": task.name,
+        "target": tuning_db.target_key(task.target), "hand_source": task.hand_source,
+        "hand_config": task.hand_config, "best_config": tune_space.config_of(best),
         "records": len(found), "runner": bench.where, "load": round(os.getloadavg()[0], 2), "time": tuning_db.now(),
-        "args": _tune_args(task.spec)})
+        "args": task.args})
     return run, hand_s, tuned_s, best
 
 
@@ -277,7 +294,7 @@ def _tune_missing(task, bench, design, before, trials, per_batch, cost_model, se
     from ..targets import host_cores  # noqa: PLC0415
     from .measure import without_tensor_intrinsics  # noqa: PLC0415
 
-    hand_s = min(bench.measure([task.hand.mod], task.args_info)[0], default=None)  # for the progress line only
+    hand_s = min(bench.measure([task.hand_mod], task.args_info)[0], default=None)  # for the progress line only
 
     def best_so_far():
         return min(map(tuning_db.record_seconds, task.records()[1]), default=None)
@@ -286,7 +303,7 @@ def _tune_missing(task, bench, design, before, trials, per_batch, cost_model, se
         ctx = ms.TuneContext(task.mod, target=task.target, space_generator=design,
                              search_strategy=ms.search_strategy.EvolutionarySearch(
                                  population_size=128, init_min_unmeasured=16, genetic_num_iters=2),
-                             task_name=task.spec.key(), rand_state=-1 if seed is None else int(seed),
+                             task_name=task.name, rand_state=-1 if seed is None else int(seed),
                              num_threads=host_cores(), logger=logging.getLogger(f"{__name__}.search"))
     cost = ms.cost_model.CostModel.create(cost_model, **({"num_tuning_cores": host_cores()}
                                                          if cost_model == "xgb" else {}))
@@ -354,7 +371,7 @@ def _search(ctx, task, bench, cost_model, trials, per_batch, report) -> int:
 
 
 @contextlib.contextmanager
-def _exclusive(d: Path):
+def locked(d: Path):
     """Hold an exclusive lock on the target folder: two runs appending to one database would corrupt it."""
     d.mkdir(parents=True, exist_ok=True)
     with open(d / tuning_db.WORKLOADS, "a") as f:
@@ -369,7 +386,7 @@ def _exclusive(d: Path):
 
 
 @contextlib.contextmanager
-def _ctrl_c():
+def ctrl_c():
     """Turn whatever a Ctrl-C became back into KeyboardInterrupt.
 
     A KeyboardInterrupt raised while TVM runs a Python callback (the cost model, the design space) comes out of
@@ -395,7 +412,7 @@ def _ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
-class _TextProgress:
+class TextProgress:
     """``[#####-----] 12/32 trials  best 6.65 us  hand 7.10 us  48 s`` on stderr (one line per batch off a tty)."""
 
     def __init__(self, stream=None, width: int = 24):
