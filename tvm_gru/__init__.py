@@ -23,6 +23,7 @@ from .layers.cell import GRUCell  # noqa: E402
 from .layers.gru import GRU  # noqa: E402
 from .ops.config import GRUConfig, StepSpec  # noqa: E402
 from .runtime.artifact import ArtifactError, load, verify  # noqa: E402
+from .runtime.deployed_bidirectional import DeployedBidirectional  # noqa: E402
 from .runtime.deployed_cell import DeployedCell  # noqa: E402
 from .runtime.deployed_layer import DeployedGRU  # noqa: E402
 from .runtime.deployed_model import DeployedModel  # noqa: E402
@@ -30,7 +31,8 @@ from .runtime.deployed_model import DeployedModel  # noqa: E402
 # The compiler side (TVM, onnx, MetaSchedule) is imported on first use, so `import tvm_gru` and `tvm_gru.load` need
 # only numpy and apache-tvm-ffi (a board that runs artifacts has no TVM compiler).
 _LAZY = {"irmodule": "build.modules", "primfunc": "build.modules", "packed_weights": "build.modules",
-         "export_cell": "deploy.export", "export_layer": "deploy.export", "from_onnx": "interop.onnx_io",
+         "export_cell": "deploy.export", "export_layer": "deploy.export",
+         "export_bidirectional": "deploy.export", "from_onnx": "interop.onnx_io",
          "run_onnx": "interop.onnx_io", "cell_to_onnx": "interop.onnx_export", "layer_to_onnx": "interop.onnx_export",
          "bidirectional_to_onnx": "interop.onnx_export", "tune": "tuning.tune", "Model": "models.model"}
 
@@ -54,9 +56,11 @@ def _deferred(name: str):
 
 
 # The layers' export / to_onnx methods call deploy/ and interop/ through the hooks (see tvm_gru.layers.hooks).
-for _writer in ("export_cell", "export_layer", "cell_to_onnx", "layer_to_onnx", "bidirectional_to_onnx"):
+for _writer in ("export_cell", "export_layer", "export_bidirectional", "cell_to_onnx", "layer_to_onnx",
+                "bidirectional_to_onnx"):
     hooks.register(_writer, _deferred(_writer))
 
 __all__ = ["GRUCell", "GRU", "Bidirectional", "Model", "GRUConfig", "StepSpec", "from_onnx", "run_onnx", "tune",
-           "load", "verify", "DeployedCell", "DeployedGRU", "DeployedModel", "ArtifactError", "export_cell",
-           "export_layer", "primfunc", "irmodule", "packed_weights", "__version__"]
+           "load", "verify", "DeployedCell", "DeployedGRU", "DeployedBidirectional", "DeployedModel", "ArtifactError",
+           "export_cell", "export_layer", "export_bidirectional", "primfunc", "irmodule", "packed_weights",
+           "__version__"]

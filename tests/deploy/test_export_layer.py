@@ -272,7 +272,7 @@ def test_training_with_dropout_is_refused(tmp_path):
 def test_metadata(artifacts):
     layer, _, path = artifacts["backwards"]
     meta = json.loads((path / METADATA).read_text())
-    assert meta["kind"] == "layer" and meta["format_version"] == KIND_VERSIONS["layer"] == 2 and FORMAT_VERSION == 3
+    assert meta["kind"] == "layer" and meta["format_version"] == KIND_VERSIONS["layer"] == 2 and FORMAT_VERSION == 4
     assert meta["layer"] == {"name": layer.name, "return_sequences": True, "return_state": True,
                              "go_backwards": True, "stateful": False, "time_major": False,
                              "zero_output_for_mask": False, "masking": True}

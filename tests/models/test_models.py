@@ -145,8 +145,8 @@ def test_outputs_are_not_overwritten_by_later_calls(batched):
         y = batched(rng.standard_normal((1, 4, 8)).astype(np.float32))
         if i % 2 == 0:
             kept.append((y, y.copy()))
-    for y, copy in kept:
-        np.testing.assert_array_equal(y, copy)
+    for y, kept_copy in kept:
+        np.testing.assert_array_equal(y, kept_copy)
     assert len({y.ctypes.data for y, _ in kept}) == len(kept)
 
 

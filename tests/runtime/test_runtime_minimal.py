@@ -5,7 +5,8 @@ cache makes it quick after the first time). An artifact exported here (parallel 
 libtvm_runtime.so is used) is loaded there twice: through ``tvm_gru`` (the repository on PYTHONPATH) and
 through the copy of the runtime bundled in the artifact, with numpy and DLPack inputs. A GRU *layer* artifact
 (whole-sequence kernels) is run the same two ways: two sequence lengths, a mask, an initial state, and
-stateful streaming chunk by chunk; and so is a whole-model artifact (a Relax VM executable: GRU + Gemm + Softmax).
+stateful streaming chunk by chunk; so is a Bidirectional artifact (both directions' kernels in one library),
+bit-identical to the in-process wrapper; and so is a whole-model artifact (a Relax VM executable: GRU + Gemm + Softmax).
 """
 
 from __future__ import annotations
@@ -188,6 +189,72 @@ def test_minimal_venv_runs_layer_artifact(minimal_venv, layer_artifacts, tmp_pat
             assert got[key].shape == want.shape
             err = float(np.max(np.abs(got[key] - want)))
             assert err <= 1e-6, f"{key}: {err:.3e}"
+
+
+BIDIRECTIONAL_SCRIPT = r"""
+import json, pickle, sys
+import numpy as np
+try:
+    import tvm  # noqa: F401
+    raise SystemExit("apache-tvm is importable in the minimal venv")
+except ModuleNotFoundError:
+    pass
+mode, art, inputs, out_path = sys.argv[1:5]
+if mode == "package":
+    from tvm_gru import load
+else:
+    sys.path.insert(0, art + "/python/tvm_gru_runtime.zip")
+    from tvm_gru_runtime import load
+import tvm_ffi
+wrapper = load(art)
+data = np.load(inputs)
+x, x_long, mask, h_fw, h_bw = (data[k] for k in ("x", "x_long", "mask", "h_fw", "h_bw"))
+outs = {}
+outs["y"], outs["h_fw"], outs["h_bw"] = wrapper(x)
+outs["y_long"], _, _ = wrapper(tvm_ffi.from_dlpack(x_long))                    # another T, a DLPack tensor
+outs["y_masked"], outs["h_fw_masked"], outs["h_bw_masked"] = wrapper(x, mask=mask, initial_state=[h_fw, h_bw])
+try:
+    pickle.dumps(wrapper)
+    raise SystemExit("a deployed Bidirectional was pickled")
+except TypeError:
+    pass
+np.savez(out_path, **outs)
+print(json.dumps({"tvm_modules": sorted(m for m in sys.modules if m == "tvm" or m.startswith("tvm.")),
+                  "type": type(wrapper).__name__,
+                  "runtime_libs": [e["path"] for e in wrapper.metadata["runtime_libs"]]}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["package", "bundled"])
+def test_minimal_venv_runs_bidirectional_artifact(minimal_venv, tmp_path_factory, tmp_path, mode):
+    root = tmp_path_factory.mktemp("bidirectional_art")
+    layer = tvm_gru.GRU(128, return_sequences=True, return_state=True, seed=6)  # two-core schedule, as above
+    wrapper = tvm_gru.Bidirectional(layer, merge_mode="concat")
+    wrapper.build((2, None, 64))
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.uniform(-1, 1, (2, 6, 64)).astype("float32"),
+             "x_long": rng.uniform(-1, 1, (2, 23, 64)).astype("float32"),
+             "mask": np.arange(6)[None, :] < np.array([[6], [3]]),
+             "h_fw": rng.uniform(-1, 1, (2, 128)).astype("float32"),
+             "h_bw": rng.uniform(-1, 1, (2, 128)).astype("float32")}
+    np.savez(root / "inputs.npz", **feeds)
+    expected = {}
+    expected["y"], expected["h_fw"], expected["h_bw"] = wrapper(feeds["x"])
+    expected["y_long"] = wrapper(feeds["x_long"])[0]
+    expected["y_masked"], expected["h_fw_masked"], expected["h_bw_masked"] = wrapper(
+        feeds["x"], mask=feeds["mask"], initial_state=[feeds["h_fw"], feeds["h_bw"]])
+    art = wrapper.export(root / "bi", target="host", batch=2)
+    out = run_minimal(minimal_venv, BIDIRECTIONAL_SCRIPT, mode, art, root / "inputs.npz", tmp_path / "o.npz",
+                      tmp_path=tmp_path)
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["tvm_modules"] == [] and info["type"] == "DeployedBidirectional"
+    assert info["runtime_libs"] == ["lib/libtvm_runtime.so"]
+    with np.load(tmp_path / "o.npz") as got:
+        assert sorted(got.files) == sorted(expected)
+        for key, want in expected.items():
+            assert got[key].shape == want.shape and got[key].dtype == want.dtype, key
+            assert np.array_equal(got[key], want), f"{key}: {float(np.max(np.abs(got[key] - want))):.3e}"
+    assert expected["y"].shape == (2, 6, 256) and float(np.abs(expected["y"]).max()) > 0.05
 
 
 def test_runtime_package_imports_only_numpy_and_tvm_ffi():

@@ -1,5 +1,5 @@
-"""``tvm-gru export``: a deployable artifact of a cell or a layer, from a Keras config (+ weights .npz), an ONNX
-model, or fresh seeded weights (see :mod:`tvm_gru.deploy.export`)."""
+"""``tvm-gru export``: a deployable artifact of a cell, a layer or a Bidirectional wrapper, from a Keras config
+(+ weights .npz), an ONNX model, or fresh seeded weights (see :mod:`tvm_gru.deploy.export`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..deploy.export import check_destination, export_cell, export_layer
+from ..deploy.export import check_destination, export_bidirectional, export_cell, export_layer
 from ..interop.onnx_io import from_onnx, load_model
+from ..layers.bidirectional import Bidirectional
 from ..layers.cell import GRUCell
 from ..layers.gru import GRU
 from ..models.model import Model
@@ -25,7 +26,9 @@ def check_files(args, error) -> None:
     """Name the option whose file is missing or unreadable before anything is compiled."""
     if getattr(args, "config", None) and getattr(args, "onnx", None):
         error("argument --onnx: not allowed with argument --config (the model comes from one of them)")
-    for option in ("config", "weights", "onnx"):
+    if getattr(args, "keras", None) and (getattr(args, "config", None) or getattr(args, "onnx", None)):
+        error("argument --keras: not allowed with --config or --onnx (the model comes from one of them)")
+    for option in ("config", "weights", "onnx", "keras"):
         value = getattr(args, option, None)
         if value and not Path(value).is_file():
             error(f"argument --{option}: file not found: {value}")
@@ -38,6 +41,10 @@ def check_files(args, error) -> None:
             error(f"argument --config: {args.config} is not a JSON file ({err})")
         if not isinstance(config, dict):
             error(f"argument --config: expected a JSON object (a Keras GRUCell config), got {type(config).__name__}")
+        name = config.get("class_name")
+        if name is not None and name not in CONFIG_CLASSES:
+            error(f"argument --config: class_name {name!r} cannot be exported; expected one of "
+                  f"{list(CONFIG_CLASSES)} (a GRU cell, a GRU layer or a Bidirectional GRU)")
     if getattr(args, "weights", None):
         try:
             with np.load(args.weights, allow_pickle=False) as data:
@@ -59,11 +66,21 @@ def check_files(args, error) -> None:
 
 
 
-def _keras_weights(path) -> list:
-    """``[kernel, recurrent_kernel(, bias)]`` from a .npz with those names, else its arrays in order."""
+# The Keras class names a --config may have: cells, layers (an RNN wraps a GRUCell) and the Bidirectional wrapper.
+_CELL_CLASSES, _LAYER_CLASSES, _WRAPPER_CLASSES = ("GRUCell",), ("GRU", "GRUV1", "RNN"), ("Bidirectional",)
+CONFIG_CLASSES = _CELL_CLASSES + _LAYER_CLASSES + _WRAPPER_CLASSES
+
+
+def _keras_weights(path, prefixes=("",)) -> list:
+    """``[kernel, recurrent_kernel(, bias)]`` per prefix (``forward_kernel``, ... for a Bidirectional) from a .npz
+    with those names, else its arrays in order."""
     with np.load(path, allow_pickle=False) as data:
-        keys = [k for k in ("kernel", "recurrent_kernel", "bias") if k in data.files] or data.files
-        return [data[k] for k in keys]
+        keys = [p + k for p in prefixes for k in ("kernel", "recurrent_kernel", "bias") if p + k in data.files]
+        return [data[k] for k in keys or data.files]
+
+
+def _read_config(args) -> dict:
+    return json.loads(Path(args.config).read_text())
 
 
 def _cell_from_files(args):
@@ -86,15 +103,26 @@ def _cell_from_files(args):
     return cell
 
 
+def _is_bidirectional_request(args) -> bool:
+    """A --config holding a Keras Bidirectional wrapper (class_name "Bidirectional", or a flat config with the
+    wrapped ``layer`` and a ``merge_mode``)."""
+    if not args.config:
+        return False
+    config = _read_config(args)
+    if "class_name" in config:
+        return config["class_name"] in _WRAPPER_CLASSES
+    return "layer" in config and "merge_mode" in config
+
+
 def _is_layer_request(args) -> bool:
     """--layer, or a --config holding a Keras GRU layer (class_name "GRU", or a flat config with layer flags)."""
     if args.layer:
         return True
     if args.config:
-        config = json.loads(Path(args.config).read_text())
-        if isinstance(config, dict) and "class_name" in config:
-            return config["class_name"] in ("GRU", "GRUV1")
-        return isinstance(config, dict) and "return_sequences" in config
+        config = _read_config(args)
+        if "class_name" in config:
+            return config["class_name"] in _LAYER_CLASSES
+        return "return_sequences" in config
     return False
 
 
@@ -125,6 +153,37 @@ def _layer_from_files(args):
     return layer
 
 
+def _with_flags(entry, flags: dict):
+    """A wrapped layer's config entry (``{"class_name", "config"}`` or flat) with the command line's layer flags."""
+    if not flags or not isinstance(entry, dict):
+        return entry
+    if isinstance(entry.get("config"), dict):
+        return {**entry, "config": {**entry["config"], **flags}}
+    return {**entry, **flags}
+
+
+def _bidirectional_from_files(args):
+    """The Bidirectional wrapper of --config (the ``{"class_name", "config"}`` form or flat), the layer flags set
+    on its layers (``go_backwards`` on the forward one only), its weights from --weights (``forward_kernel``, ...,
+    ``backward_bias``, else six or four arrays in order)."""
+    config = _read_config(args)
+    config = config["config"] if "class_name" in config else config
+    if not isinstance(config, dict):
+        raise TypeError(f"--config: the Bidirectional entry 'config' must be a JSON object; received "
+                        f"{type(config).__name__}")
+    flags = _layer_flags(args)
+    config = {**config, "layer": _with_flags(config.get("layer"), flags)}
+    if config.get("backward_layer") is not None:
+        config["backward_layer"] = _with_flags(config["backward_layer"],
+                                               {k: v for k, v in flags.items() if k != "go_backwards"})
+    wrapper = Bidirectional.from_config(config)
+    if args.weights:
+        wrapper.set_weights(_keras_weights(args.weights, ("forward_", "backward_")))
+    elif args.input_dim:
+        wrapper.build((1, 1, args.input_dim))
+    return wrapper
+
+
 def _target_arg(args):
     options = {k: v for k, v in (("mcpu", args.mcpu), ("arch", args.arch)) if v}
     name = args.target or "host"
@@ -147,17 +206,24 @@ def _is_model_request(args) -> bool:
 
 def _cli(args) -> int:
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch]
-    if _is_model_request(args):
+    if getattr(args, "keras", None):
+        model = Model.from_keras(args.keras, target=_target_arg(args), batch=batches)
+        out = model.export(args.out, overwrite=args.overwrite)
+    elif _is_model_request(args):
         if not args.onnx:
             raise ValueError("--model needs --onnx: a whole model is read from an ONNX file")
         model = Model.from_onnx(args.onnx, target=_target_arg(args), batch=batches)
         out = model.export(args.out, overwrite=args.overwrite)
-    elif _is_layer_request(args):
+    elif _is_bidirectional_request(args) or _is_layer_request(args):
         if args.weight_dtype not in (None, "float32"):
             raise ValueError(f"--weight-dtype {args.weight_dtype} applies to cell artifacts only; a layer artifact "
                              "stores its weights in the layer dtype")
-        out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
-                           masking=not args.no_masking, overwrite=args.overwrite)
+        if _is_bidirectional_request(args):
+            out = export_bidirectional(_bidirectional_from_files(args), args.out, target=_target_arg(args),
+                                       batch=batches, masking=not args.no_masking, overwrite=args.overwrite)
+        else:
+                out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
+                               masking=not args.no_masking, overwrite=args.overwrite)
     else:
         out = export_cell(_cell_from_files(args), args.out, target=_target_arg(args), batch=batches,
                           overwrite=args.overwrite, weight_dtype=args.weight_dtype)
@@ -171,15 +237,19 @@ def _cli(args) -> int:
 
 
 def register(subparsers, add_shape_args) -> None:
-    """``tvm-gru export``: a cell or a layer, from a Keras config (+ weights .npz), an ONNX model, or fresh
-    seeded weights."""
+    """``tvm-gru export``: a cell, a layer or a Bidirectional wrapper, from a Keras config (+ weights .npz), an
+    ONNX model, or fresh seeded weights."""
     p = subparsers.add_parser("export", help="write a deployable artifact (kernel + weights + runtime libs)")
     add_shape_args(p)
-    p.add_argument("--config", help="Keras GRUCell or GRU config JSON (get_config() output, or a "
-                                    "{'class_name': ..., 'config': ...} dict; class_name 'GRU' exports a layer)")
-    p.add_argument("--weights", help=".npz with kernel, recurrent_kernel[, bias] (or arr_0, arr_1[, arr_2])")
+    p.add_argument("--config", help="Keras GRUCell, GRU or Bidirectional config JSON (get_config() output, or a "
+                                    "{'class_name': ..., 'config': ...} dict; class_name 'GRU' exports a layer, "
+                                    "'Bidirectional' a bidirectional artifact)")
+    p.add_argument("--weights", help=".npz with kernel, recurrent_kernel[, bias] (or arr_0, arr_1[, arr_2]); for a "
+                                     "Bidirectional forward_kernel, ..., backward_bias (or the arrays in order)")
     p.add_argument("--onnx", help="an ONNX file: one GRU node gives a cell or layer artifact, a whole model (other "
                                   "ops, several GRU nodes) a model artifact (instead of --config/--weights)")
+    p.add_argument("--keras", help="a saved Keras model (.h5 or .keras, tf_keras 2.x): a model artifact of the whole "
+                                   "model (no TensorFlow needed)")
     p.add_argument("--model", action="store_true", help="export the --onnx graph as a whole model (kind 'model')")
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--mcpu", help="CPU for x86/aarch64 targets, e.g. cortex-a72, znver3")

@@ -51,8 +51,8 @@ from ..runtime.packing import pack_weights
 from .destination import check_destination, publish
 from .toolchains import cuda_compile_env, export_library, runtime_libs
 
-__all__ = ["export_cell", "export_layer", "write_artifact", "batch_list", "copy_runtime_package", "plain",
-           "target_meta", "versions"]
+__all__ = ["export_cell", "export_layer", "export_bidirectional", "write_artifact", "batch_list",
+           "copy_runtime_package", "plain", "target_meta", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,11 @@ def versions() -> dict:
 
 _RUNTIME_INIT = ('"""tvm_gru deployed cell/layer runtime (numpy + apache-tvm-ffi only). See artifact.py."""\n'
                  "from .artifact import ArtifactError, DeployedCell, load, verify\n"
+                 "from .deployed_bidirectional import DeployedBidirectional\n"
                  "from .deployed_layer import DeployedGRU\n"
                  "from .deployed_model import DeployedModel\n\n"
-                 '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "DeployedModel", "ArtifactError"]\n')
+                 '__all__ = ["load", "verify", "DeployedCell", "DeployedGRU", "DeployedBidirectional", "DeployedModel",'
+                 ' "ArtifactError"]\n')
 
 
 def copy_runtime_package(dest: Path) -> list:
@@ -258,13 +260,21 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
 
 
 def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
-    """Compile the layer's whole-sequence kernels for every batch size into one module.
+    """Compile the layer's whole-sequence kernels for every batch size into one module (see
+    :func:`sequence_functions`). Returns ``(executable, table)``."""
+    funcs, table = sequence_functions(layer, batches, target, lanes, masking)
+    return compile_sequence_module(tvm.IRModule(funcs), target), table  # the in-process compile's passes
+
+
+def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix: str = ""):
+    """The scheduled whole-sequence functions of ``layer`` for every batch size, not yet compiled.
 
     Per batch B: ``seq_b{B}`` (the rule's default schedule), ``seq_b{B}_masked`` (with ``masking``), and, when
     the rule has a serial schedule for short calls (streaming), ``seq_b{B}_short`` / ``seq_b{B}_short_masked``.
     A streaming layer (stateful, last output only) also gets ``frame_b{B}``, the step kernel, where the rule runs
     single frames on it (``CPUSequenceRule.frames_on_step_kernel``).
-    Returns ``(executable, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
+    Every name starts with ``prefix`` (two layers' functions in one module).
+    Returns ``({name: PrimFunc}, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
     """
 
 
@@ -284,16 +294,16 @@ def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
                 entry["short_steps"] = int(short[0])
             for kind, schedule in variants:
                 key = kind if not masked else ("masked" if kind == "full" else "short_masked")
-                name = f"seq_b{batch}" + ("" if kind == "full" else "_short") + ("_masked" if masked else "")
+                name = f"{prefix}seq_b{batch}" + ("" if kind == "full" else "_short") + ("_masked" if masked else "")
                 func = scheduled_sequence(spec, target, schedule)["main"]
                 funcs[name] = func.with_attr("global_symbol", name)
                 entry[key] = name
             streams = layer.stateful and not layer.return_sequences and not layer.return_state  # DeployedGRU's frames
             if not masked and streams and rule.frames_on_step_kernel(spec, target):
                 step = StepSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes)
-                name = entry["frame"] = f"frame_b{batch}"
+                name = entry["frame"] = f"{prefix}frame_b{batch}"
                 funcs[name] = scheduled_module(step, target)["main"].with_attr("global_symbol", name)
-    return compile_sequence_module(tvm.IRModule(funcs), target), table  # the in-process compile's passes
+    return funcs, table
 
 
 def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:
@@ -331,40 +341,128 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
                          "first")
     batches = batch_list(batch)
     dest = check_destination(path, overwrite)
+    target, family = _sequence_target(target, "a GRU layer")
+    lanes = targets.lanes(target, layer.cell.config.dtype)
+    executable, table = compile_sequence_kernels(layer, batches, target, lanes, bool(masking))
+    packed = layer_weights(layer, lanes)
+    entries = layer_entries(layer, lanes, masking, table, packed)
+    meta = {
+        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["layer"], "kind": "layer",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batch_sizes": batches,
+        **entries, "target": target_meta(target, family), "kernel": {"library": "kernel.so", **entries["kernel"]},
+    }
+    return write_artifact(dest, executable, family, meta, overwrite, packed)
+
+
+def _sequence_target(target, what: str):
+    """``(target, family)`` resolved, for the whole-sequence kernels: CPU targets with a sequence rule only."""
     target = targets.resolve(target)
     family = targets.family(target)
     if family == "cuda" or schedules.sequence_rule(target) is None:
-        raise ValueError(f"cannot export a GRU layer for target {family!r} ({target.kind.name}): the "
+        raise ValueError(f"cannot export {what} for target {family!r} ({target.kind.name}): the "
                          "whole-sequence kernel has CPU schedules only (x86, aarch64; see tvm_gru.schedules) and "
                          "the deployed layer runs on CPUs. Export the cell for this target instead "
                          "(layer.cell.export(path, target=...)) and run the time loop around it, or export the "
                          "layer for 'host', 'x86' or 'aarch64'")
+    return target, family
+
+
+def layer_weights(layer, lanes: int) -> dict:
+    """The layer's weights packed for its sequence kernel, by kernel parameter name."""
     cell = layer.cell
     config = cell.config
-    lanes = targets.lanes(target, config.dtype)
-    executable, table = compile_sequence_kernels(layer, batches, target, lanes, bool(masking))
+    return pack_sequence_weights(config, cell.kernel, cell.recurrent_kernel, cell.bias if config.use_bias else None,
+                                 lanes)
 
 
-    packed = pack_sequence_weights(config, cell.kernel, cell.recurrent_kernel, cell.bias if config.use_bias else None,
-                                   lanes)
+def layer_entries(layer, lanes: int, masking: bool, table: dict, packed: dict) -> dict:
+    """The metadata entries of one exported layer: config, shapes, layer flags, Keras config and its kernel
+    functions (``table``) and weights (``packed``); a layer artifact's top level, or one direction of a
+    bidirectional artifact."""
+    config = layer.cell.config
     steps_first = layer.time_major
-    meta = {
-        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["layer"], "kind": "layer",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(), "input_dim": layer.input_dim, "units": config.units,
-        "dtype": config.dtype, "batch_sizes": batches, "lanes": lanes,
+    return {
+        "config": config.to_dict(), "input_dim": layer.input_dim, "units": config.units, "dtype": config.dtype,
+        "lanes": lanes,
         "layer": {"name": layer.name, **{flag: bool(getattr(layer, flag)) for flag in LAYER_FLAGS},
                   "masking": bool(masking)},
         "keras_config": layer.get_config(),
         "shapes": {"inputs": ["time", "batch", layer.input_dim] if steps_first else ["batch", "time", layer.input_dim],
                    "mask": ["time", "batch"] if steps_first else ["batch", "time"],
                    "states": ["batch", config.units], **{n: list(a.shape) for n, a in packed.items()}},
-        "target": target_meta(target, family),
-        "kernel": {"library": "kernel.so", "functions": table, "weights": list(packed),
+        "kernel": {"functions": table, "weights": list(packed),
                    "args": ["x", "h0", "[mask]", *packed, "[sequence]", "last", "state", "reverse"],
                    # the "frame" functions (single streamed frames): the step kernel, R_h block-major (NB, H, 1, V),
                    # rebuilt from candidate_packed at load time
                    "frame_args": ["x (B, I)", "h (B, H)", *packed, "h_new (B, H)"]},
+    }
+
+
+def _kernel_key(layer, lanes: int) -> tuple:
+    """What a layer's sequence kernels depend on (the direction is a kernel argument, not part of it)."""
+    return (tuple(sorted(layer.cell.config.to_dict().items())), layer.input_dim, lanes,
+            *(bool(getattr(layer, flag)) for flag in LAYER_FLAGS if flag != "go_backwards"))
+
+
+def export_bidirectional(wrapper, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:
+    """Write a deployable artifact of a built :class:`tvm_gru.Bidirectional` for ``target``.
+
+    One folder, one kernel library: both directions' whole-sequence kernels (a single set when both directions
+    have the same config and options: the direction is a kernel argument), one ``weights.npz`` (members
+    ``forward.<name>`` and ``backward.<name>``), the merge mode and each direction's layer options.
+    :func:`tvm_gru.load` returns a :class:`~tvm_gru.runtime.deployed_bidirectional.DeployedBidirectional`, called
+    like the Keras wrapper, whose outputs equal the in-process wrapper's.
+
+    Parameters
+    ----------
+    wrapper : tvm_gru.Bidirectional
+        A built wrapper (both directions' weights are exported; dropout does not apply to deployed layers).
+    path : str or Path
+        The artifact folder to create.
+    target : None, str, dict or tvm.target.Target
+        "host" (default), "x86", "aarch64"/"arm" (cross-compiled), or a dict such as
+        ``{"name": "aarch64", "mcpu": "cortex-a72"}``. CUDA is refused (CPU schedules only).
+    batch : int or sequence of int
+        Batch sizes to compile kernels for (any sequence length runs on them).
+    masking : bool
+        Also compile the masked kernels, so the deployed wrapper takes ``mask=`` (default).
+    overwrite : bool
+        Replace an existing folder at ``path``.
+
+    Returns
+    -------
+    Path
+        The artifact folder.
+    """
+    directions = (getattr(wrapper, "forward_layer", None), getattr(wrapper, "backward_layer", None))
+    if not all(hasattr(d, "cell") for d in directions):
+        raise TypeError(f"`wrapper` must be a tvm_gru.Bidirectional; received {type(wrapper).__name__}")
+    if not wrapper.built:
+        raise ValueError("`export_bidirectional` needs a built wrapper: call build(input_shape), set_weights or the "
+                         "wrapper first")
+    batches = batch_list(batch)
+    dest = check_destination(path, overwrite)
+    target, family = _sequence_target(target, "a Bidirectional GRU")
+    funcs, tables, parts, packed = {}, [], {}, {}
+    for side, layer in zip(("forward", "backward"), directions):
+        lanes = targets.lanes(target, layer.cell.config.dtype)
+        if tables and _kernel_key(layer, lanes) == tables[0][0]:
+            table = tables[0][1]  # the same kernels, run with reverse=1
+        else:
+            own, table = sequence_functions(layer, batches, target, lanes, bool(masking),
+                                            prefix="" if not tables else f"{side}_")
+            funcs.update(own)
+        tables.append((_kernel_key(layer, lanes), table))
+        weights = layer_weights(layer, lanes)
+        parts[side] = layer_entries(layer, lanes, masking, table, weights)
+        packed.update({f"{side}.{name}": array for name, array in weights.items()})
+    executable = compile_sequence_module(tvm.IRModule(funcs), target)
+    meta = {
+        "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["bidirectional"], "kind": "bidirectional",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batch_sizes": batches,
+        "target": target_meta(target, family), "kernel": {"library": "kernel.so"},
+        "bidirectional": {"name": wrapper.name, "merge_mode": wrapper.merge_mode},
+        "keras_config": wrapper.get_config(), **parts,
     }
     return write_artifact(dest, executable, family, meta, overwrite, packed)
 

@@ -13,6 +13,8 @@ Mirrors tf_keras ``layers.Bidirectional(layer, merge_mode="concat", weights=None
   for ``merge_mode=None``);
 - weights are the forward layer's then the backward layer's, in Keras order.
 
+The call and merge code is :class:`tvm_gru.runtime.bidirectional_calls.BidirectionalCalls`, shared with the
+deployed wrapper that :meth:`Bidirectional.export` writes and :func:`tvm_gru.load` returns.
 Each direction is a whole-sequence kernel call of its own (the two run one after the other, each on all cores).
 An ONNX ``direction="bidirectional"`` GRU node imports as this wrapper (:func:`tvm_gru.from_onnx`) and
 :meth:`Bidirectional.to_onnx` writes one.
@@ -22,16 +24,14 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-
-from ..runtime.layer_calls import split_inputs
+from ..runtime.bidirectional_calls import MERGE_MODES, BidirectionalCalls
 from . import hooks
+from .cell import unwrap_config
 from .gru import GRU
 from .inputs import as_array
 
 __all__ = ["Bidirectional"]
 
-MERGE_MODES = ("sum", "mul", "ave", "concat", None)
 _COUNTER = [0]
 
 
@@ -49,7 +49,7 @@ def _copy(layer: GRU, go_backwards: bool, name: str) -> GRU:
     return GRU.from_config(config, target=layer.cell.target)
 
 
-class Bidirectional:
+class Bidirectional(BidirectionalCalls):
     """Keras ``Bidirectional`` over a :class:`tvm_gru.GRU`.
 
     Parameters
@@ -160,17 +160,20 @@ class Bidirectional:
 
     @classmethod
     def from_config(cls, config: dict, target=None) -> "Bidirectional":
-        """Build the wrapper from :meth:`get_config` output or a tf_keras ``Bidirectional.get_config()`` dict."""
-        if not isinstance(config, dict):
-            raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
+        """Build the wrapper from :meth:`get_config` output, a tf_keras ``Bidirectional.get_config()`` dict or its
+        serialised ``{"class_name": "Bidirectional", "config": {...}}`` form; the wrapped layer is a GRU or an
+        ``RNN`` around a ``GRUCell``."""
+        _, config = unwrap_config(config, "Bidirectional", ("Bidirectional",))
 
         def gru(key):
             entry = config.get(key)
             if entry is None:
                 return None
-            if not isinstance(entry, dict) or entry.get("class_name", "GRU") != "GRU":
-                raise ValueError(f"`config[{key!r}]` must describe a GRU layer; received {entry!r}")
-            return GRU.from_config(entry.get("config", entry), target=target)
+            if not isinstance(entry, dict) or entry.get("class_name", "GRU") not in ("GRU", "GRUV1", "RNN"):
+                got = entry.get("class_name") if isinstance(entry, dict) else type(entry).__name__
+                raise ValueError(f"Bidirectional.from_config: `config[{key!r}]` must describe a GRU layer or an RNN "
+                                 f"around a GRUCell; received class {got!r}")
+            return GRU.from_config(entry if "class_name" in entry else entry.get("config", entry), target=target)
 
         if "layer" not in config:
             raise ValueError("`config` has no 'layer' entry (the wrapped GRU's config)")
@@ -197,50 +200,6 @@ class Bidirectional:
             with self._lock:
                 return self._call(inputs, mask, training, initial_state)
         return self._call(inputs, mask, training, initial_state)
-
-    def _call(self, inputs, mask, training, initial_state):
-        inputs, initial_state = split_inputs(inputs, initial_state)
-        fw_state = bw_state = None
-        if initial_state is not None:
-            if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:
-                got = len(initial_state) if isinstance(initial_state, (list, tuple)) else type(initial_state).__name__
-                raise ValueError(f"`initial_state` of a Bidirectional GRU must be a list of 2 states (the forward "
-                                 f"layer's, then the backward layer's); received {got}")
-            fw_state, bw_state = initial_state
-        y = self.forward_layer(inputs, mask=mask, training=training, initial_state=fw_state)
-        y_rev = self.backward_layer(inputs, mask=mask, training=training, initial_state=bw_state)
-        states = []
-        if self.return_state:
-            (y, h_fw), (y_rev, h_bw) = y, y_rev
-            states = [h_fw, h_bw]
-        if self.return_sequences:  # the backward layer returns processing order: back to input time order
-            y_rev = np.flip(y_rev, axis=0 if self.time_major else 1)
-        output = self._merge(y, y_rev)
-        if not self.return_state:
-            return output
-        return (output if self.merge_mode is None else [output]) + states
-
-    def _merge(self, y, y_rev):
-        mode = self.merge_mode
-        if mode is None:
-            return [y, np.ascontiguousarray(y_rev)]
-        if mode == "concat":
-            return np.concatenate([y, y_rev], axis=-1)
-        if mode == "sum":
-            return y + y_rev
-        if mode == "ave":
-            return (y + y_rev) / y.dtype.type(2)
-        return y * y_rev
-
-    def compute_output_shape(self, input_shape):
-        """Keras output shape(s) for an input shape of rank 3."""
-        shape = self.forward_layer.compute_output_shape(input_shape)
-        out, state = (shape[0], shape[1]) if self.return_state else (shape, None)
-        merged = (*out[:-1], 2 * out[-1]) if self.merge_mode == "concat" else out
-        outputs = [out, out] if self.merge_mode is None else [merged]
-        if self.return_state:
-            return outputs + [state, state]
-        return outputs if self.merge_mode is None else merged
 
     # ------------------------------------------------------------------ states
     def reset_states(self, states=None) -> None:
@@ -278,6 +237,17 @@ class Bidirectional:
             setattr(self, key, layer)
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    def export(self, path, target=None, batch=1, masking=True, overwrite=False):
+        """Write a deployable artifact of the wrapper (both directions' kernels in one library, their weights and
+        ``merge_mode``; see :func:`tvm_gru.deploy.export.export_bidirectional`); returns its folder.
+
+        ``target`` defaults to the forward layer's target; ``batch`` is one batch size or a list of them.
+        :func:`tvm_gru.load` returns a :class:`~tvm_gru.runtime.deployed_bidirectional.DeployedBidirectional`.
+        """
+        target = self.forward_layer.cell.target if target is None else target
+        return hooks.writer("export_bidirectional")(self, path, target=target, batch=batch, masking=masking,
+                                                    overwrite=overwrite)
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write both directions as one ONNX GRU node with ``direction="bidirectional"``.

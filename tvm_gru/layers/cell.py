@@ -47,6 +47,41 @@ def constructor_kwargs(cls, config: dict, target=None) -> dict:
     return cfg
 
 
+def unwrap_config(config, owner: str, accepted: tuple) -> tuple:
+    """``(class name or None, flat config)`` of a Keras config: a flat dict, or the serialised
+    ``{"class_name", "config"}`` form, whose class must be one of ``accepted`` (ValueError naming ``owner`` and the
+    class received otherwise)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
+    if "class_name" not in config:
+        return None, config
+    class_name = config["class_name"]
+    if class_name not in accepted:
+        raise ValueError(f"{owner}.from_config received a config of class {class_name!r}; expected one of "
+                         f"{list(accepted)}")
+    inner = config.get("config")
+    if not isinstance(inner, dict):
+        raise ValueError(f"{owner}.from_config: the {class_name} config's 'config' entry must be a dict; received "
+                         f"{type(inner).__name__}")
+    return class_name, inner
+
+
+def rnn_gru_config(config: dict, owner: str) -> dict:
+    """The flat GRU layer config of a Keras ``RNN`` config around one ``GRUCell`` (the cell's arguments and the
+    RNN's flags), or ValueError naming the cell's class when it is not a GRUCell."""
+    cell = config.get("cell")
+    if isinstance(cell, list) or (isinstance(cell, dict) and cell.get("class_name") == "StackedRNNCells"):
+        raise ValueError(f"{owner}.from_config received an RNN config around several cells (StackedRNNCells); "
+                         "expected an RNN around one GRUCell")
+    cell_class, cell_config = unwrap_config(cell, owner, ("GRUCell",)) if isinstance(cell, dict) else (None, None)
+    if cell_class is None:
+        raise ValueError(f"{owner}.from_config received an RNN config whose 'cell' is {cell!r}; expected "
+                         "{'class_name': 'GRUCell', 'config': {...}}")
+    flat = {k: v for k, v in cell_config.items() if k not in ("name", "trainable")}
+    flat.update({k: v for k, v in config.items() if k != "cell"})
+    return flat
+
+
 def target_spec(target) -> dict:
     """``target`` (a ``tvm.target.Target``) as the plain dict :func:`tvm_gru.targets.resolve` rebuilds it from:
     what a pickled cell or layer holds instead of the TVM object."""
@@ -317,9 +352,13 @@ class GRUCell:
 
     @classmethod
     def from_config(cls, config: dict, target=None) -> "GRUCell":
-        """Build a cell from :meth:`get_config` output or a real tf_keras ``GRUCell.get_config()`` dict."""
-        if not isinstance(config, dict):
-            raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
+        """Build a cell from :meth:`get_config` output, a real tf_keras ``GRUCell.get_config()`` dict, its
+        serialised ``{"class_name": "GRUCell", "config": {...}}`` form, or a Keras ``RNN`` config holding one
+        ``GRUCell`` (its cell)."""
+        class_name, config = unwrap_config(config, "GRUCell", ("GRUCell", "RNN"))
+        if class_name == "RNN":
+            rnn_gru_config(config, "GRUCell")  # the checks: one cell, a GRUCell
+            config = config["cell"]["config"]
         return cls(**constructor_kwargs(cls, config, target))
 
     # ------------------------------------------------------------------ states and masks

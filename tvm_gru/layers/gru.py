@@ -23,7 +23,7 @@ from ..ops.sequence import SequenceSpec, pack_sequence_weights, padded_recurrent
 from ..runtime.format import LAYER_FLAGS
 from ..runtime.layer_calls import NOT_PLAIN, SequenceLayerCalls, check_training, kernel_view, max_steps
 from . import hooks
-from .cell import GRUCell, constructor_kwargs
+from .cell import GRUCell, constructor_kwargs, rnn_gru_config, unwrap_config
 from .inputs import as_array
 
 __all__ = ["GRU"]
@@ -232,9 +232,11 @@ class GRU(SequenceLayerCalls):
 
     @classmethod
     def from_config(cls, config: dict, target=None) -> "GRU":
-        """Build a layer from :meth:`get_config` output or a tf_keras ``GRU.get_config()`` dict."""
-        if not isinstance(config, dict):
-            raise TypeError(f"`config` must be a dict, received {type(config).__name__}")
+        """Build a layer from :meth:`get_config` output, a tf_keras ``GRU.get_config()`` dict, the serialised
+        ``{"class_name": "GRU", "config": {...}}`` form, or a Keras ``RNN`` config holding one ``GRUCell``."""
+        class_name, config = unwrap_config(config, "GRU", ("GRU", "GRUV1", "RNN"))
+        if class_name == "RNN" or (class_name is None and "cell" in config and "units" not in config):
+            config = rnn_gru_config(config, "GRU")
         cfg = {k: v for k, v in config.items() if k not in _IGNORED_KEYS}
         return cls(**constructor_kwargs(cls, cfg, target))
 

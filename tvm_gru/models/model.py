@@ -34,9 +34,11 @@ from .. import targets
 from ..deploy.destination import check_destination
 from ..deploy.export import batch_list, plain, target_meta, write_artifact
 from ..deploy.toolchains import aarch64_runtime_lib, runtime_libs
+from ..interop.keras_file import read_keras
 from ..interop.onnx_io import external_tensor, load_model
 from ..relax import compile as relax_compile
 from ..relax import from_onnx as relax_from_onnx
+from ..relax.keras_frontend import KerasGraph
 from ..relax.torch_frontend import export_torch, from_exported_program
 from ..runtime import artifact
 from ..runtime.deployed_model import VM_PROVIDES, ModelCalls, ModelSignature, create_vm
@@ -292,10 +294,45 @@ def _build_onnx(onnx_model, inputs: list, batch_dim, batch_sizes, target) -> tup
     return meta, relax_compile(merge_batches(modules), target)
 
 
+def _build_keras(graph, batch_sizes, target) -> tuple:
+    """(metadata signature, VM executable) of a Keras model (:class:`tvm_gru.relax.keras_frontend.KerasGraph`)
+    compiled for ``target``, one function per batch size."""
+    modules = {b: graph.module(b, target) for b in batch_sizes}
+    inputs = [{"name": t["name"], "shape": ["batch", *t["shape"]], "dtype": t["dtype"]} for t in graph.inputs]
+    main = modules[batch_sizes[0]]["main"]
+    _check_params(main, inputs)
+    outputs = []
+    for i, ((layer, _, tensor), ty) in enumerate(zip(graph.outputs, _tensor_types(main.ret_ty))):
+        name = _dim_name(layer if tensor == 0 else f"{layer}_{tensor}", {})
+        if name in [o["name"] for o in outputs]:
+            name = f"{name}_{i}"
+        shape = [_dim(v, f"{name}_{a}") for a, v in enumerate(ty.shape.values)]
+        if shape and shape[0] == batch_sizes[0]:
+            shape[0] = "batch"
+        outputs.append({"name": name, "shape": shape, "dtype": str(ty.dtype)})
+    meta = {"inputs": inputs, "outputs": outputs, "batch_dim": "batch", "batch_sizes": list(batch_sizes),
+            "kernel": {"library": "model.so", "functions": {str(b): f"main_b{b}" for b in batch_sizes}}}
+    return meta, relax_compile(merge_batches(modules), target)
+
+
+def _keras_batches(graph, batch) -> list:
+    """The batch sizes to compile a Keras model for: ``batch``, else the model's fixed batch size, else [1]."""
+    fixed = sorted({t["batch"] for t in graph.inputs if t["batch"] is not None})
+    if len(fixed) > 1:
+        raise ValueError(f"the model's inputs fix different batch sizes {fixed}")
+    if batch is None:
+        return fixed or [1]
+    batches = batch_list(batch)
+    if fixed and batches != fixed:
+        raise ValueError(f"`batch={batch!r}`: the model's inputs fix the batch size to {fixed[0]}")
+    return batches
+
+
 class Model(ModelSignature):
     """A compiled ONNX model: ``outputs = model(*inputs)`` on numpy arrays (or host DLPack tensors).
 
-    Build one with :meth:`from_onnx`. Inputs by position (graph order) or by name; the outputs come back in
+    Build one with :meth:`from_onnx`, :meth:`from_torch` or :meth:`from_keras`. Inputs by position (graph order),
+    as one list (as Keras's ``predict``) or by name; the outputs come back in
     graph order, the array itself when the graph has one output. Symbolic dimensions take any size (the same
     size wherever a name repeats); the batch takes the sizes compiled for (:attr:`batch_sizes`; None: any).
     """
@@ -373,6 +410,51 @@ class Model(ModelSignature):
             return meta, relax_compile(merge_batches({ANY_BATCH: mod}), build_target)
 
         return cls(build, target)
+
+    @classmethod
+    def from_keras(cls, path, target=None, batch=None) -> Model:
+        """Import and compile a saved Keras model (tf_keras 2.x ``.h5`` or ``.keras``), without TensorFlow.
+
+        The model's graph (Sequential or Functional) becomes one Relax function: GRU-family layers (``GRU`` v1 and
+        v2, ``RNN`` around a ``GRUCell``, ``Bidirectional`` of those) run tvm_gru's sequence kernels, the other
+        supported layers (:data:`tvm_gru.relax.keras_frontend.SUPPORTED_LAYERS`) plain Relax ops; Keras masks
+        flow to the recurrent layers as Keras propagates them. ``model(x)`` (or ``model([x1, x2])``) returns
+        what ``keras_model.predict`` returns (a list for several outputs); :meth:`get_layer` gives the tvm_gru
+        layers. Unknown input dimensions (the sequence length) stay symbolic.
+
+        Parameters
+        ----------
+        path : str or Path
+            The model file (read as untrusted: see :func:`tvm_gru.interop.keras_file.read_keras`).
+        target : None, str, dict or tvm.target.Target
+            As for :meth:`from_onnx` (CPU targets).
+        batch : None, int or sequence of int
+            The batch sizes to compile for (one function per size); None: the model's fixed batch size, else 1.
+
+        Raises
+        ------
+        ValueError
+            An unreadable or hostile file, a layer that is not supported (naming the layer, its class and the
+            supported classes), weights that do not match the config, a CUDA target.
+        """
+        target = targets.resolve(target)
+        _cpu_family(target, "compile")
+        graph = KerasGraph(read_keras(path), target=target)
+        batches = _keras_batches(graph, batch)
+        model = cls(functools.partial(_build_keras, graph, batches), target)
+        model._keras_layers = graph.layers
+        return model
+
+    def get_layer(self, name: str):
+        """The tvm_gru layer (:class:`tvm_gru.GRU` or :class:`tvm_gru.Bidirectional`, with the file's weights) of
+        the Keras model's GRU-family layer ``name``."""
+        layers = getattr(self, "_keras_layers", None)
+        if layers is None:
+            raise ValueError("get_layer: this model was not imported from Keras (Model.from_keras)")
+        if name not in layers:
+            raise ValueError(f"get_layer: the model has no GRU-family layer named {name!r}; its GRU-family layers "
+                             f"are {sorted(layers)}")
+        return layers[name]
 
     def _executable(self, target) -> tuple:
         key = _target_key(target)

@@ -28,8 +28,10 @@ What :func:`load` trusts, and in which order (nothing native is opened before al
 5. The kernels' TVM runtime symbols (parallel launch, workspaces) resolve in the process once the listed
    runtime libraries are loaded (or a TVM runtime already is); otherwise the load is refused.
 
-``kind`` is "cell" (a :class:`DeployedCell`; artifacts written before the field existed are cells) or
-"layer" (a :class:`~.deployed_layer.DeployedGRU`). ``format_version`` is the oldest loader format that reads
+``kind`` is "cell" (a :class:`DeployedCell`; artifacts written before the field existed are cells),
+"layer" (a :class:`~.deployed_layer.DeployedGRU`), "bidirectional" (a
+:class:`~.deployed_bidirectional.DeployedBidirectional`: one library, one weights file, two directions) or
+"model" (a :class:`~.deployed_model.DeployedModel`). ``format_version`` is the oldest loader format that reads
 the artifact: cells are written as version 1 (any tvm_gru loader reads them), layers as version 2, so an
 older loader refuses a layer artifact with "upgrade tvm_gru" instead of misreading it as a cell.
 
@@ -56,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import tvm_ffi
 
+from .deployed_bidirectional import DeployedBidirectional, bidirectional_weight_specs
 from .deployed_cell import DeployedCell
 from .deployed_layer import DeployedGRU, weight_specs
 from .deployed_model import VM_PROVIDES, DeployedModel
@@ -77,8 +80,8 @@ from .format import (
 from .threads import default_num_threads
 from .verified_files import load_library_bytes, read_regular_file
 
-__all__ = ["load", "verify", "check_machine", "DeployedCell", "DeployedGRU", "DeployedModel", "ArtifactError", "FORMAT",
-           "FORMAT_VERSION", "KIND_VERSIONS", "METADATA"]
+__all__ = ["load", "verify", "check_machine", "DeployedCell", "DeployedGRU", "DeployedBidirectional", "DeployedModel",
+           "ArtifactError", "FORMAT", "FORMAT_VERSION", "KIND_VERSIONS", "METADATA"]
 
 _MACHINES = {"x86_64": ("x86_64", "amd64"), "aarch64": ("aarch64", "arm64")}
 _HWCAP = {"asimd": 1 << 1, "asimddp": 1 << 20}  # AArch64 AT_HWCAP bits (what qemu-user reports too)
@@ -383,12 +386,15 @@ def _check_cuda_device(device_id: int, arch) -> None:
 def _weight_specs(meta: dict) -> dict:
     if artifact_kind(meta) == "layer":
         return weight_specs(meta)
+    if artifact_kind(meta) == "bidirectional":
+        return bidirectional_weight_specs(meta)
     return cell_weight_specs(meta)
 
 
 def load(path, device_id: int = 0):
-    """Load an artifact folder written by :func:`tvm_gru.deploy.export.export_cell` or
-    :func:`~tvm_gru.deploy.export.export_layer`.
+    """Load an artifact folder written by :func:`tvm_gru.deploy.export.export_cell`,
+    :func:`~tvm_gru.deploy.export.export_layer`, :func:`~tvm_gru.deploy.export.export_bidirectional` or
+    ``Model.export``.
 
     Parameters
     ----------
@@ -399,9 +405,10 @@ def load(path, device_id: int = 0):
 
     Returns
     -------
-    DeployedCell, DeployedGRU or DeployedModel
+    DeployedCell, DeployedGRU, DeployedBidirectional or DeployedModel
         A cell artifact is called like the Keras cell: ``out, [h] = cell(x, [h])``; a layer artifact like the
-        Keras GRU layer: ``layer(inputs, mask=None, training=None, initial_state=None)``; a model artifact like
+        Keras GRU layer: ``layer(inputs, mask=None, training=None, initial_state=None)``; a bidirectional artifact
+        like the Keras ``Bidirectional`` wrapper (the same arguments); a model artifact like
         :class:`tvm_gru.models.Model`: ``outputs = model(*inputs)``.
 
     Raises
@@ -426,8 +433,8 @@ def load(path, device_id: int = 0):
     with _Folder(root) as folder:
         meta, blobs = _read_listed(folder, keep)
     kind = artifact_kind(meta)
-    if kind == "layer" and meta["target"]["family"] == "cuda":
-        raise ArtifactError("layer artifacts run on CPUs only (the whole-sequence kernel has no CUDA schedule)")
+    if kind in ("layer", "bidirectional") and meta["target"]["family"] == "cuda":
+        raise ArtifactError(f"{kind} artifacts run on CPUs only (the whole-sequence kernel has no CUDA schedule)")
     check_machine(meta["target"])
     weights = None
     if kind != "model":
@@ -452,6 +459,8 @@ def load(path, device_id: int = 0):
         return DeployedModel(meta, module)
     if kind == "layer":
         return DeployedGRU(meta, module, weights)
+    if kind == "bidirectional":
+        return DeployedBidirectional(meta, module, weights)
     return DeployedCell(meta, module, weights, device_id)
 
 

@@ -115,6 +115,8 @@ class ModelCalls(ModelSignature):
     # ------------------------------------------------------------------ call
     def _arguments(self, args: tuple, kwargs: dict) -> list:
         names = self.input_names
+        if len(args) == 1 and len(names) > 1 and isinstance(args[0], (list, tuple)):  # model([x1, x2]), as Keras
+            args = tuple(args[0])
         if len(args) > len(names):
             raise TypeError(f"the model takes {len(names)} input{'s' if len(names) != 1 else ''} {names}; received "
                             f"{len(args)} positional arguments")
@@ -166,7 +168,8 @@ class ModelCalls(ModelSignature):
         return tensors, str(got)
 
     def __call__(self, *args, **kwargs):
-        """Run the model: inputs by position (graph order) or by name; returns the outputs in graph order as
+        """Run the model: inputs by position (graph order), as one list or tuple (``model([x1, x2])``, as Keras's
+        ``predict``; models of several inputs) or by name; returns the outputs in graph order as
         numpy arrays, the array itself when the graph has one output.
 
         Raises

@@ -13,15 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .bidirectional_calls import MERGE_MODES
+
 __all__ = ["ArtifactError", "FORMAT", "FORMAT_VERSION", "KIND_VERSIONS", "METADATA", "artifact_kind", "weight_dtype",
            "check_declared", "file_sha256", "parse_metadata", "check_metadata", "cell_weight_specs", "weights_limit",
-           "config_summary", "NPY_HEADER_LIMIT", "MAX_FILES", "ANY_BATCH", "LAYER_FLAGS"]
+           "config_summary", "NPY_HEADER_LIMIT", "MAX_FILES", "ANY_BATCH", "LAYER_FLAGS", "DIRECTIONS",
+           "direction_meta"]
 
 
 FORMAT = "tvm_gru.artifact"
-FORMAT_VERSION = 3  # the newest format this loader reads
+FORMAT_VERSION = 4  # the newest format this loader reads
 # The format version each kind is written with (the oldest loader format that reads it).
-KIND_VERSIONS = {"cell": 1, "layer": 2, "model": 3}
+KIND_VERSIONS = {"cell": 1, "layer": 2, "model": 3, "bidirectional": 4}
 METADATA = "tvm_gru_artifact.json"
 
 _JSON_DEPTH = 64
@@ -165,6 +168,31 @@ _LAYER_FUNCTIONS = _record(full=(_str(pattern=_NAME), True), masked=(_str(patter
 LAYER_FLAGS = ("return_sequences", "return_state", "go_backwards", "stateful", "time_major", "zero_output_for_mask")
 
 
+def _merge_mode(value, key):
+    if value is not None and value not in MERGE_MODES:
+        _fail(key, f"one of {list(MERGE_MODES)}", value)
+
+
+# A bidirectional artifact: one library and one weights file; per direction, what a layer artifact holds of its own.
+DIRECTIONS = ("forward", "backward")
+_DIRECTION_KERNEL = _record(functions=(_mapping(_str(pattern=_BATCH), _LAYER_FUNCTIONS, 64, 1), True),
+                            weights=(_list(_str(pattern=_NAME), 8, 1, unique=True), True))
+_DIRECTION = _record(config=(_CONFIG, True), input_dim=(_POSITIVE, True), lanes=(_int(1, 64), True),
+                     shapes=(_mapping(_str(), _SHAPE, 64), True), kernel=(_DIRECTION_KERNEL, True),
+                     layer=(_record(name=(_str(), False), **{f: (_bool, False) for f in (*LAYER_FLAGS, "masking")}),
+                            True),
+                     keras_config=(_mapping(_str(), _anything, 256), True))
+
+
+def _bidirectional_schema():
+    return _record(target=(_TARGET, True), kernel=(_record(library=(_relpath, True)), True), weights=(_relpath, True),
+                   files=(_mapping(_relpath, _str(pattern=_SHA256), MAX_FILES, 1), True),
+                   runtime_libs=(_list(_RUNTIME_LIB, 16), False), batch_sizes=(_list(_POSITIVE, 64), False),
+                   bidirectional=(_record(name=(_str(), False), merge_mode=(_merge_mode, True)), True),
+                   keras_config=(_mapping(_str(), _anything, 256), True),
+                   **{side: (_DIRECTION, True) for side in DIRECTIONS})
+
+
 def _schema(kind: str):
     functions = _LAYER_FUNCTIONS if kind == "layer" else _str(pattern=_NAME)
     kernel = _record(library=(_relpath, True), functions=(_mapping(_str(pattern=_BATCH), functions, 64, 1), True),
@@ -222,14 +250,60 @@ def check_metadata(meta, where) -> dict:
     if version < KIND_VERSIONS[kind]:
         raise ArtifactError(f"{where}: a {kind} artifact needs format version >= {KIND_VERSIONS[kind]}; "
                             f"the metadata says {version}")
-    (_model_schema() if kind == "model" else _schema(kind))(meta, "")
+    schemas = {"model": _model_schema, "bidirectional": _bidirectional_schema}
+    schemas.get(kind, lambda: _schema(kind))()(meta, "")
     _check_listed(meta, where)
     if kind == "model":
         return _check_model(meta, where)
+    if kind == "bidirectional":
+        return _check_bidirectional(meta)
+    _check_weight_shapes(meta, "")
+    return meta
+
+
+def _check_weight_shapes(meta: dict, prefix: str) -> None:
+    """Each kernel weight has a shape of ints in ``shapes`` (``prefix`` names a direction's entry in messages)."""
     for name in meta["kernel"]["weights"]:
         if not isinstance(meta["shapes"].get(name), list) or not all(isinstance(d, int) for d in meta["shapes"][name]):
-            _fail(f"shapes.{name}", "the list of ints of the weight's shape", meta["shapes"].get(name, _MISSING))
+            _fail(f"{prefix}shapes.{name}", "the list of ints of the weight's shape",
+                  meta["shapes"].get(name, _MISSING))
     weight_dtype(meta)
+
+
+def direction_meta(meta: dict, side: str) -> dict:
+    """The layer-artifact metadata of one direction (``side`` in :data:`DIRECTIONS`) of a bidirectional artifact:
+    its own entries, with the artifact's target, library and files."""
+    part = meta[side]
+    shared = {k: meta[k] for k in ("format", "format_version", "target", "files", "runtime_libs", "batch_sizes",
+                                   "weights", "created", "versions") if k in meta}
+    return {**shared, **part, "kind": "layer", "kernel": {"library": meta["kernel"]["library"], **part["kernel"]}}
+
+
+def _check_bidirectional(meta: dict) -> dict:
+    """What a bidirectional artifact's metadata must hold beyond its schema: each direction's weight shapes, the
+    same batch sizes and input width for both, and the directions' flags as ``tvm_gru.Bidirectional`` requires
+    them (opposite ``go_backwards``; the same ``stateful``, ``return_sequences``, ``return_state``,
+    ``time_major``). Raises :class:`ArtifactError` naming the key."""
+    fw, bw = meta["forward"], meta["backward"]
+    for side in DIRECTIONS:
+        _check_weight_shapes(direction_meta(meta, side), f"{side}.")
+    batches = sorted(fw["kernel"]["functions"], key=int)
+    if sorted(bw["kernel"]["functions"], key=int) != batches:
+        _fail("backward.kernel.functions", f"functions for the batch sizes of forward.kernel.functions {batches}",
+              sorted(bw["kernel"]["functions"], key=int))
+    if "batch_sizes" in meta and [str(b) for b in sorted(meta["batch_sizes"])] != batches:
+        _fail("batch_sizes", f"the batch sizes of forward.kernel.functions {batches}", meta["batch_sizes"])
+    if bw["input_dim"] != fw["input_dim"]:
+        _fail("backward.input_dim", f"forward.input_dim ({fw['input_dim']}): both directions read the same inputs",
+              bw["input_dim"])
+    fw_flags, bw_flags = fw["layer"], bw["layer"]
+    if bool(bw_flags.get("go_backwards")) == bool(fw_flags.get("go_backwards")):
+        _fail("backward.layer.go_backwards", f"the opposite of forward.layer.go_backwards "
+              f"({bool(fw_flags.get('go_backwards'))})", bw_flags.get("go_backwards", _MISSING))
+    for flag in ("stateful", "return_sequences", "return_state", "time_major"):
+        if bool(bw_flags.get(flag)) != bool(fw_flags.get(flag)):
+            _fail(f"backward.layer.{flag}", f"forward.layer.{flag} ({bool(fw_flags.get(flag))})",
+                  bw_flags.get(flag, _MISSING))
     return meta
 
 
@@ -248,7 +322,8 @@ def _check_listed(meta: dict, where) -> None:
 
 
 def artifact_kind(meta: dict) -> str:
-    """"cell", "layer" or "model" (metadata without a ``kind`` field, written before layers existed, is a cell)."""
+    """"cell", "layer", "model" or "bidirectional" (metadata without a ``kind`` field, written before layers
+    existed, is a cell)."""
     return meta.get("kind", "cell")
 
 
@@ -310,6 +385,8 @@ def weights_limit(expected: dict) -> int:
 
 
 def config_summary(meta: dict) -> str:
+    if artifact_kind(meta) == "bidirectional":
+        return "; ".join(f"{side}: {config_summary(direction_meta(meta, side))}" for side in DIRECTIONS)
     cfg = meta["config"]
     return (f"units={cfg['units']}, input_dim={meta['input_dim']}, lanes={meta['lanes']}, dtype={cfg['dtype']}, "
             f"weight_dtype={weight_dtype(meta)}")
