@@ -118,6 +118,23 @@ def test_bidirectional_rnn_cell_with_an_explicit_backward_layer():
     assert np.abs(model(np.where(ids == 0, 1, ids), context) - want).max() > 1e-2
 
 
+def test_embedding_ids_out_of_the_table_are_refused(tmp_path):
+    # TF raises for an id outside [0, input_dim); the compiled lookup would clamp, so the call checks the ids of
+    # an input an Embedding reads (in-process and deployed: the range is in the metadata)
+    model = Model.from_keras(DATA / "conv.h5", batch=[2])
+    (tokens, extra), (want,) = _cases("conv")["b2_t7"]
+    assert model.inputs[0]["index_range"] == [0, 12] and "index_range" not in model.inputs[1]
+    deployed = tvm_gru.load(model.export(tmp_path / "conv"))
+    for run in (model, deployed):
+        np.testing.assert_allclose(run(tokens, extra), want, rtol=0, atol=TOL)
+        for bad, shown in ((12, "12"), (-1, "-1")):
+            ids = tokens.copy()
+            ids[1, 3] = bad
+            with pytest.raises(ValueError, match=rf"input 'tokens' holds indices into a table of 12 rows, in "
+                                                 rf"\[0, 12\); received .*{shown}.* at \(1, 3\)"):
+                run(ids, extra)
+
+
 def test_batch_sizes_and_list_inputs(tmp_path):
     model = Model.from_keras(DATA / "conv.keras", batch=[1, 2])
     assert model.batch_sizes == [1, 2] and model.input_names == ["tokens", "extra"]

@@ -340,6 +340,9 @@ def test_bad_model_metadata_refused(exported, tmp_path):
         (lambda m: m["target"].update(family="cuda"), "run on CPUs only"),
         (lambda m: m.update(batch_dim="time"), "batch_dim"),
         (lambda m: m["outputs"].clear(), "outputs"),
+        (lambda m: m["inputs"][0].update(index_range=[5, 5]), r"inputs\[0\].index_range"),
+        (lambda m: m["inputs"][0].update(index_range=[0, "9"]), r"inputs\[0\].index_range\[1\]"),
+        (lambda m: m["inputs"][0].update(index_range=[0, 1, 2]), r"inputs\[0\].index_range"),
     ]
     for change, match in cases:
         bad = copy.deepcopy(meta)

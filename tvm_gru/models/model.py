@@ -299,6 +299,9 @@ def _build_keras(graph, batch_sizes, target) -> tuple:
     compiled for ``target``, one function per batch size."""
     modules = {b: graph.module(b, target) for b in batch_sizes}
     inputs = [{"name": t["name"], "shape": ["batch", *t["shape"]], "dtype": t["dtype"]} for t in graph.inputs]
+    for spec in inputs:  # ids of an Embedding: checked by the call (ModelCalls), as TF checks them
+        if spec["name"] in graph.index_ranges:
+            spec["index_range"] = graph.index_ranges[spec["name"]]
     main = modules[batch_sizes[0]]["main"]
     _check_params(main, inputs)
     outputs = []

@@ -113,6 +113,24 @@ class KerasGraph:
                     self.layers[_layer_name(entry)] = self._gru_layer(entry, target)
                 elif entry["class_name"] != "InputLayer":
                     keras_layers.check_weights(entry, model_file.weights.get(_layer_name(entry), []))
+        self.index_ranges = self._index_ranges()
+
+    def _index_ranges(self) -> dict:
+        """``{input name: [0, rows]}`` for the model inputs an ``Embedding`` reads directly: its ids must be rows
+        of the table (TF raises otherwise; the compiled lookup clamps, so the call checks them). An Embedding of a
+        computed tensor (rare) clamps."""
+        by_keras_name = {t["keras_name"]: t["name"] for t in self.inputs}
+        out = {}
+        for name, (entry, nodes) in self.entries.items():
+            if entry["class_name"] != "Embedding":
+                continue
+            rows = int(self.file.weights[name][0].shape[0])
+            for refs in nodes:
+                for layer, _, _ in refs:
+                    if layer in by_keras_name:
+                        key = by_keras_name[layer]
+                        out[key] = [0, min(rows, out.get(key, [0, rows])[1])]
+        return out
 
     # ------------------------------------------------------------------ the graph
     def _graph(self, config: dict) -> tuple:

@@ -203,7 +203,8 @@ def _embedding(ctx, entry, xs, masks):
     bb, name, config = ctx.bb, _name(entry), entry["config"]
     x, _ = _one(name, xs, masks, "Embedding")
     indices = x if x.ty.dtype in ("int32", "int64") else bb.emit(relax.op.astype(x, "int32"))
-    # Out-of-range ids are clipped (TF raises on CPU); never read outside the table.
+    # Never read outside the table: ids of a model input are checked by the call (its metadata's index_range,
+    # a ValueError as TF raises); computed ids out of range are clamped.
     y = bb.emit(relax.op.take(_const(ctx.weights[name][0]), indices, axis=0, mode="clip"))
     mask = None
     if config.get("mask_zero"):

@@ -59,6 +59,20 @@ def _kernel_tensor(array: np.ndarray):
     return tvm_ffi.from_dlpack(aligned_copy(array))
 
 
+def _check_indices(name: str, array: np.ndarray, bounds: tuple) -> None:
+    """ValueError naming the input, the first id outside ``[low, high)`` and where it is (a float id counts as
+    its integer part, as Keras casts it)."""
+    if array.size == 0:
+        return
+    ids = np.trunc(array) if array.dtype.kind == "f" else array
+    low, high = bounds
+    bad = (ids < low) | (ids >= high) | (np.isnan(ids) if ids.dtype.kind == "f" else False)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"input {name!r} holds indices into a table of {high - low} rows, in [{low}, {high}); "
+                         f"received {array[where]!r} at {where}")
+
+
 def _shape_text(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -110,6 +124,8 @@ class ModelCalls(ModelSignature):
         self._vm = vm  # keeps the VM (and so the functions' frames) alive
         # (name, shape, dtype) per input, resolved once: the checks run on every call
         self._specs = [(t["name"], tuple(t["shape"]), np.dtype(t["dtype"])) for t in self._inputs]
+        self._index_ranges = [(i, t["name"], tuple(t["index_range"])) for i, t in enumerate(self._inputs)
+                              if t.get("index_range") is not None]
         self._lock = threading.Lock()  # one VM: its frames and registers are per instance, not per call
 
     # ------------------------------------------------------------------ call
@@ -158,6 +174,8 @@ class ModelCalls(ModelSignature):
                 else:
                     bound.setdefault(want, (got, name, axis))
             tensors.append(_kernel_tensor(array))
+        for i, name, bounds in self._index_ranges:
+            _check_indices(name, values[i] if type(values[i]) is np.ndarray else as_array(name, values[i]), bounds)
         if self._batch_sizes is None:
             return tensors, ANY_BATCH
         got, name, axis = bound[self._batch_dim]

@@ -406,6 +406,10 @@ def _dim(value, key):
 
 
 _TENSOR = _record(name=(_str(limit=1024), True), shape=(_list(_dim, 64), True), dtype=(_str(*_TENSOR_DTYPES), True))
+# An input read as indices (a Keras Embedding's ids): [low, high), checked on every call (the compiled table
+# lookup clamps instead of failing).
+_INPUT = _record(name=(_str(limit=1024), True), shape=(_list(_dim, 64), True), dtype=(_str(*_TENSOR_DTYPES), True),
+                 index_range=(_optional(_list(_int(-(1 << 62), 1 << 62), 2, 2)), False))
 
 
 def _model_schema():
@@ -413,7 +417,7 @@ def _model_schema():
                      functions=(_mapping(_str(pattern=rf"[1-9][0-9]{{0,6}}|{ANY_BATCH}"), _str(pattern=_NAME), 64, 1),
                                 True))
     return _record(target=(_TARGET, True), kernel=(kernel, True),
-                   inputs=(_list(_TENSOR, 1024), True), outputs=(_list(_TENSOR, 1024, 1), True),
+                   inputs=(_list(_INPUT, 1024), True), outputs=(_list(_TENSOR, 1024, 1), True),
                    batch_dim=(_optional(_str(pattern=_NAME)), False),
                    batch_sizes=(_optional(_list(_int(1, 1 << 20), 64, 1, unique=True)), False),
                    files=(_mapping(_relpath, _str(pattern=_SHA256), MAX_FILES, 1), True),
@@ -435,6 +439,10 @@ def _check_model(meta, where) -> dict:
         names = [t["name"] for t in meta[side]]
         if len(set(names)) != len(names):
             _fail(side, "tensors with distinct names", names)
+    for i, tensor in enumerate(meta["inputs"]):
+        bounds = tensor.get("index_range")
+        if bounds is not None and not bounds[0] < bounds[1]:
+            _fail(f"inputs[{i}].index_range", "[low, high) with low < high", bounds)
     batches, functions = meta.get("batch_sizes"), meta["kernel"]["functions"]
     expected = sorted(str(b) for b in batches) if batches else [ANY_BATCH]
     if sorted(functions) != expected:
