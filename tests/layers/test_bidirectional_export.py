@@ -316,4 +316,7 @@ def test_a_refused_backward_state_changes_no_state(exported):
         with pytest.raises(ValueError):
             model(x, initial_state=[good, np.zeros((2, 3), "float32")])
         _assert_same(model.states, before, f"{type(model).__name__} states after a refused call")
+        with pytest.raises(ValueError):
+            model.reset_states([good, np.zeros((2, 3), "float32")])
+        _assert_same(model.states, before, f"{type(model).__name__} states after a refused reset_states")
     _assert_same(deployed(x), wrapper(x), "the next call")

@@ -28,7 +28,6 @@ from ..runtime.bidirectional_calls import MERGE_MODES, BidirectionalCalls
 from . import hooks
 from .cell import unwrap_config
 from .gru import GRU
-from .inputs import as_array
 
 __all__ = ["Bidirectional"]
 
@@ -179,47 +178,6 @@ class Bidirectional(BidirectionalCalls):
             raise ValueError("`config` has no 'layer' entry (the wrapped GRU's config)")
         return cls(gru("layer"), merge_mode=config.get("merge_mode", "concat"), backward_layer=gru("backward_layer"),
                    name=config.get("name"))
-
-    # ------------------------------------------------------------------ call
-    def __call__(self, inputs, mask=None, training=None, initial_state=None):
-        """Run both directions and merge.
-
-        Parameters
-        ----------
-        inputs : (B, T, I) array ((T, B, I) when ``time_major``), or ``[inputs, h_forward, h_backward]``
-        mask : (B, T) bool array ((T, B) when ``time_major``), optional
-        training : bool or None
-        initial_state : ``[h_forward (B, H), h_backward (B, H)]``, optional
-
-        Returns
-        -------
-        The merged output: (B, T, 2H) for ``concat`` with ``return_sequences`` (else (B, 2H)), (.., H) for
-        ``sum``/``ave``/``mul``, ``[y, y_rev]`` for None; with ``return_state`` followed by both final states.
-        """
-        if self.stateful:  # both directions' states advance by the same calls, one caller at a time
-            with self._lock:
-                return self._call(inputs, mask, training, initial_state)
-        return self._call(inputs, mask, training, initial_state)
-
-    # ------------------------------------------------------------------ states
-    def reset_states(self, states=None) -> None:
-        """Zero both directions' states (stateful), or set them to ``[h_forward, h_backward]``."""
-        if not self.stateful:
-            raise AttributeError("Layer must be stateful.")
-        if states is not None and (not isinstance(states, (list, tuple)) or len(states) != 2):
-            raise ValueError("`states` of a Bidirectional GRU must be a list of 2 states (forward, backward)")
-        with self._lock:
-            if states is None:
-                self.forward_layer.reset_states()
-                self.backward_layer.reset_states()
-                return
-            self.forward_layer.reset_states(as_array("states", states[0]))
-            self.backward_layer.reset_states(as_array("states", states[1]))
-
-    @property
-    def states(self) -> list:
-        with self._lock:
-            return self.forward_layer.states + self.backward_layer.states
 
     # ------------------------------------------------------------------ copies
     def __getstate__(self) -> dict:

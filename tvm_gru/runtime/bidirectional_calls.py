@@ -7,13 +7,15 @@ into input time order and merge, as tf_keras ``Bidirectional.call`` does. That c
 give the same numbers from the same kernels. Part of the bundled runtime: numpy only.
 
 A class using :class:`BidirectionalCalls` provides ``forward_layer`` and ``backward_layer`` (called like the
-Keras GRU layer), ``merge_mode``, ``return_sequences``, ``return_state`` and ``time_major``.
+Keras GRU layer), ``merge_mode``, ``return_sequences``, ``return_state``, ``time_major``, ``stateful`` and
+``_lock`` (a ``threading.Lock``: a stateful wrapper's calls and state changes, both directions as one).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .arrays import as_array
 from .layer_calls import split_inputs
 
 __all__ = ["MERGE_MODES", "BidirectionalCalls", "merge", "direction_states"]
@@ -62,7 +64,56 @@ def direction_states(initial_state) -> tuple:
 
 
 class BidirectionalCalls:
-    """Keras ``Bidirectional`` call and output shapes over two GRU layers (see the module docstring)."""
+    """Keras ``Bidirectional`` call, states and output shapes over two GRU layers (see the module docstring)."""
+
+    def __call__(self, inputs, mask=None, training=None, initial_state=None):
+        """Run both directions and merge.
+
+        Parameters
+        ----------
+        inputs : (B, T, I) array or host DLPack tensor ((T, B, I) when ``time_major``), or
+            ``[inputs, h_forward, h_backward]``
+        mask : (B, T) bool array ((T, B) when ``time_major``), optional
+        training : bool or None
+        initial_state : ``[h_forward (B, H), h_backward (B, H)]``, optional
+
+        Returns
+        -------
+        The merged output: (B, T, 2H) for ``concat`` with ``return_sequences`` (else (B, 2H)), (.., H) for
+        ``sum``/``ave``/``mul``, ``[y, y_rev]`` for None; with ``return_state`` followed by both final states.
+        """
+        if self.stateful:  # both directions' states advance by the same calls, one caller at a time
+            with self._lock:
+                return self._call(inputs, mask, training, initial_state)
+        return self._call(inputs, mask, training, initial_state)
+
+    def reset_states(self, states=None) -> None:
+        """Zero both directions' states (stateful), or set them to ``[h_forward (B, H), h_backward (B, H)]``; a
+        refused backward state leaves the forward one as it was."""
+        if not self.stateful:
+            raise AttributeError("Layer must be stateful.")
+        if states is not None and (not isinstance(states, (list, tuple)) or len(states) != 2):
+            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"`states` of a Bidirectional GRU must be a list of 2 states (forward, backward); "
+                             f"received {got}")
+        with self._lock:
+            if states is None:
+                self.forward_layer.reset_states()
+                self.backward_layer.reset_states()
+                return
+            carried = self.forward_layer.states
+            self.forward_layer.reset_states(as_array("states", states[0]))
+            try:
+                self.backward_layer.reset_states(as_array("states", states[1]))
+            except BaseException:
+                self.forward_layer.reset_states(None if carried[0] is None else carried)
+                raise
+
+    @property
+    def states(self) -> list:
+        """``[h_forward, h_backward]`` (copies; None before the first call of a stateful wrapper)."""
+        with self._lock:
+            return self.forward_layer.states + self.backward_layer.states
 
     def _call(self, inputs, mask, training, initial_state):
         """Run both directions and merge (see :func:`merge`); with ``return_state`` both final states follow."""

@@ -88,45 +88,6 @@ class DeployedBidirectional(NotCopyable, BidirectionalCalls):
         """The forward layer's Keras-layout weights, then the backward layer's (unpacked copies)."""
         return self.forward_layer.get_weights() + self.backward_layer.get_weights()
 
-    def __call__(self, inputs, mask=None, training=None, initial_state=None):
-        """Run both directions with the exported kernels and merge.
-
-        Parameters
-        ----------
-        inputs : (B, T, I) array or host DLPack tensor ((T, B, I) when ``time_major``), or
-            ``[inputs, h_forward, h_backward]``. B must be one of :attr:`batch_sizes`.
-        mask : (B, T) bool array ((T, B) when ``time_major``), optional
-        training : bool or None
-        initial_state : ``[h_forward (B, H), h_backward (B, H)]``, optional
-
-        Returns
-        -------
-        The merged output: (B, T, 2H) for ``concat`` with ``return_sequences`` (else (B, 2H)), (.., H) for
-        ``sum``/``ave``/``mul``, ``[y, y_rev]`` for None; with ``return_state`` followed by both final states.
-        """
-        if self.stateful:  # both directions' states advance by the same calls, one caller at a time
-            with self._lock:
-                return self._call(inputs, mask, training, initial_state)
-        return self._call(inputs, mask, training, initial_state)
-
-    def reset_states(self, states=None) -> None:
-        """Zero both directions' states (stateful), or set them to ``[h_forward (B, H), h_backward (B, H)]``."""
-        if not self.stateful:
-            raise AttributeError("Layer must be stateful.")
-        if states is not None and (not isinstance(states, (list, tuple)) or len(states) != 2):
-            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
-            raise ValueError(f"`states` of a Bidirectional GRU must be a list of 2 states (forward, backward); "
-                             f"received {got}")
-        with self._lock:
-            self.forward_layer.reset_states(None if states is None else states[0])
-            self.backward_layer.reset_states(None if states is None else states[1])
-
-    @property
-    def states(self) -> list:
-        """``[h_forward, h_backward]`` (copies; None before the first call of a stateful wrapper)."""
-        with self._lock:
-            return self.forward_layer.states + self.backward_layer.states
-
     def __repr__(self) -> str:
         return (f"DeployedBidirectional({self.forward_layer!r}, {self.backward_layer!r}, "
                 f"merge_mode={self.merge_mode!r})")
