@@ -222,7 +222,7 @@ def _cli(args) -> int:
             out = export_bidirectional(_bidirectional_from_files(args), args.out, target=_target_arg(args),
                                        batch=batches, masking=not args.no_masking, overwrite=args.overwrite)
         else:
-                out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
+            out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
                                masking=not args.no_masking, overwrite=args.overwrite)
     else:
         out = export_cell(_cell_from_files(args), args.out, target=_target_arg(args), batch=batches,
