@@ -2,7 +2,8 @@
 
 :class:`SequenceEmitter` writes the kernel that :class:`~.sequence_rules.CPUSequenceRule` asks for: the knobs
 arrive as a :class:`~.sequence_rules.SequenceSchedule` (read by attribute only) and the target-derived choices
-(``spin_barrier``, ``max_accumulators``) as arguments, so this module imports nothing from the rule.
+(``spin_barrier``, the ISA of the spin barrier, and ``max_accumulators``) as arguments, so this module
+imports nothing from the rule.
 
 The recurrence is a loop over time with a data dependence between steps, so the schedule is written as
 explicit TIR with the TVMScript IR builder (TVM 0.27 cannot lower ``te.scan``) rather than derived with
@@ -31,7 +32,9 @@ next MR-step row group between arriving at the barrier and waiting on it, where 
 Splitting the candidate product by *input* units (reset_after=False) is what keeps one barrier per step:
 every part needs the whole previous state, and gets it from the partial sums instead of a second barrier.
 With several batch tiles (``candidate_panels``) each part first copies its rows of R_h block-major, so a
-candidate tile's weights are contiguous and stay cached across the batch tiles.
+candidate tile's weights are contiguous and stay cached across the batch tiles. With ``gate_panels`` (aarch64)
+each part copies its blocks of the z/r(/h) recurrent weights tile-major, one contiguous run per k and tile.
+The barrier is the kernel's own spin barrier on x86 and aarch64 (fences per ISA, see ``SequenceEmitter.fence``).
 With NT=1 the same code runs serially with no parallel launch (the cheapest for small sizes and single
 streamed frames). Knobs are in :class:`~.sequence_rules.SequenceSchedule`;
 :class:`~.sequence_rules.CPUSequenceRule` picks them.
@@ -39,13 +42,16 @@ streamed frames). Knobs are in :class:`~.sequence_rules.SequenceSchedule`;
 
 from __future__ import annotations
 
-__all__ = ["SequenceEmitter"]
+__all__ = ["SequenceEmitter", "partition", "SPIN_BARRIERS"]
+
+# The ISAs the emitter has a spin barrier for (see SequenceEmitter.fence).
+SPIN_BARRIERS = ("x86", "aarch64")
 
 
 # ------------------------------------------------------------------------------------------------------
 # TIR emission. Everything below writes loops with the TVMScript IR builder; Python loops unroll the
 # register tiles (every accumulator index is a constant, so LLVM keeps them in vector registers).
-def _partition(blocks: int, parts: int) -> list:
+def partition(blocks: int, parts: int) -> list:
     """Split ``blocks`` into ``parts`` contiguous, non-empty ranges as evenly as possible."""
     edges = [blocks * p // parts for p in range(parts + 1)]
     return [(edges[p], edges[p + 1]) for p in range(parts)]
@@ -59,14 +65,15 @@ class SequenceEmitter:
     spec : tvm_gru.ops.sequence.SequenceSpec
     sched : tvm_gru.schedules.sequence_rules.SequenceSchedule
         The knobs, used as given (the rule has checked them).
-    spin_barrier : bool
-        Synchronise the parts with the kernel's own x86 spin barrier (only used with two or more parts).
+    spin_barrier : str or None
+        Synchronise the parts with the kernel's own spin barrier for this ISA, ``"x86"`` or ``"aarch64"``
+        (only used with two or more parts); None: TVM's runtime barrier.
     max_accumulators : int
         Vector registers a register tile may hold as accumulators: sets the blocks per GEMV tile of the
         input projection (``max_accumulators // 3``, three gates each).
     """
 
-    def __init__(self, spec, sched, spin_barrier: bool = False, *, max_accumulators: int):
+    def __init__(self, spec, sched, spin_barrier: str | None = None, *, max_accumulators: int):
         from tvm import tirx  # noqa: PLC0415
         from tvm.tirx.script.builder import ir as T  # noqa: PLC0415
 
@@ -78,10 +85,14 @@ class SequenceEmitter:
         self.V, self.NB, self.H, self.Hp = spec.lanes, spec.blocks, spec.config.units, spec.padded_units
         self.B, self.I = spec.batch, spec.input_dim
         self.NT = sched.threads
-        self.parts = _partition(self.NB, self.NT)
+        self.parts = partition(self.NB, self.NT)
         self.math = GateMath(spec.config)
+        self.G = 3 if spec.config.reset_after else 2  # gates in recurrent_packed: z, r (and h with reset_after)
         self.buf = {}
-        self.spin_barrier = spin_barrier and self.NT > 1
+        if spin_barrier not in (None, *SPIN_BARRIERS):
+            raise ValueError(f"spin_barrier must be None or one of {SPIN_BARRIERS}, received {spin_barrier!r}")
+        self.isa = spin_barrier
+        self.spin_barrier = spin_barrier is not None and self.NT > 1
         self.max_accumulators = max_accumulators
 
     # ---------------------------------------------------------------- small helpers
@@ -127,24 +138,52 @@ class SequenceEmitter:
                 with T.parallel(0, self.NT) as j:
                     self.for_parts(j, body)
 
-    # A spin barrier for x86 (TSO). TVM's TVMBackendParallelBarrier calls sched_yield on every poll; a step
-    # of the small shapes is ~1 us, so that syscall latency was most of it (measured on a 2-step toy loop:
-    # 2.2 us per step with it, 0.6-0.7 us with this). Each part publishes "done with epoch e" in its own
-    # cache line; every thread polls all of them. The mfence calls are compiler barriers (LLVM treats the
-    # intrinsic as touching memory, so no load or store moves across it; x86 keeps stores and loads in
-    # order by itself). After 32 polls (~1 us) a waiter yields the core, so an oversubscribed machine still moves.
+    # Spin barrier. TVM's TVMBackendParallelBarrier calls sched_yield on every poll; a step of the small shapes is
+    # ~1 us, so that syscall latency was most of it (measured on x86, a 2-step toy loop: 2.2 us per step with it,
+    # 0.6-0.7 us with this). Each part publishes "done with epoch e" in its own cache line (64 bytes on every
+    # x86 and Cortex-A/Neoverse core); every thread polls all of them. After 32 polls (~1 us) a waiter yields the
+    # core, so an oversubscribed machine still moves.
+    #
+    # Ordering, per ISA (the flag accesses are plain 32-bit loads and stores, single-copy atomic on both):
+    # * x86 (TSO) keeps loads and stores in order by itself; mfence only stops the compiler (LLVM treats the
+    #   intrinsic as touching memory, so no load or store moves across it).
+    # * aarch64 is weakly ordered: the arrive is a release, ``dmb ish; str`` (every earlier load and store of
+    #   the part, e.g. its results and its reads of buffers others overwrite next step, is observed before
+    #   the flag), and the wait an acquire, ``ldr`` polls then ``dmb ish`` (the flags seen are ordered before
+    #   every later access). That is the fence form of C++ release/acquire, correct on any ARMv8 memory
+    #   system. Not ldar/stlr or LSE atomics: TIR has no atomic load/store for LLVM CPUs (``tirx.atomic_add``
+    #   is rejected by TVM's CPU codegen: "CPU backend does not support atomic add yet") and the
+    #   ``llvm.aarch64.ldaxr``/``stlxr`` intrinsics need an ``elementtype`` attribute TVM's call_llvm_intrin
+    #   does not emit (LLVM's verifier rejects the module). ``llvm.aarch64.dmb`` is not ``readnone``, so LLVM
+    #   moves no memory access across it either, and neither across ``llvm.aarch64.hint`` (``yield``) in the
+    #   poll loop, which therefore reloads the flag every iteration (tests/schedules/test_arm_barrier.py checks
+    #   all of this in the generated assembly; qemu-user runs aarch64 threads on x86's stronger model, so only
+    #   the assembly can show a missing fence).
     _FLAG_STRIDE = 16  # int32 per flag: one 64-byte line each
     _GEMM_CHUNK_TILES = 32  # GEMM row tiles per chunk (128 rows of x)
     _SPINS_BEFORE_YIELD = 32
     # candidate_panels: calls shorter than this read R_h in place. Copying it costs about 4 steps' gain
     # (1x512x1024, one step: 0.32 ms in place, 0.70 ms with the copy; 8x512x1024: ~0.1 ms/step gained).
     _PANEL_MIN_STEPS = 8
+    _DMB_ISH = 11  # the CRm field of dmb: inner shareable, loads and stores
 
     def fence(self):
-        self.T.evaluate(self.tirx.call_llvm_intrin("void", "llvm.x86.sse2.mfence"))
+        """A full fence (``dmb ish``) on aarch64; a compiler-only barrier (``mfence``, see above) on x86."""
+        if self.isa == "aarch64":
+            self.T.evaluate(self.tirx.call_llvm_intrin("void", "llvm.aarch64.dmb",
+                                                       self.tirx.const(self._DMB_ISH, "int32")))
+        else:
+            self.T.evaluate(self.tirx.call_llvm_intrin("void", "llvm.x86.sse2.mfence"))
+
+    def relax(self):
+        """The spin-wait hint: ``pause`` on x86, ``yield`` (hint #1) on aarch64."""
+        if self.isa == "aarch64":
+            self.T.evaluate(self.tirx.call_llvm_intrin("void", "llvm.aarch64.hint", self.tirx.const(1, "int32")))
+        else:
+            self.T.evaluate(self.tirx.call_llvm_intrin("void", "llvm.x86.sse2.pause"))
 
     def arrive(self, p, epoch):
-        self.fence()
+        self.fence()  # release: everything this part did before is visible before its flag
         self.T.buffer_store(self.buf["flags"], epoch, [p * self._FLAG_STRIDE])
 
     def wait_all(self, epoch):
@@ -153,12 +192,12 @@ class SequenceEmitter:
         T.buffer_store(spins, tirx.const(0, "int32"), [0])
         for q in range(self.NT):
             with T.While(flags[q * self._FLAG_STRIDE] < epoch):
-                T.evaluate(tirx.call_llvm_intrin("void", "llvm.x86.sse2.pause"))
+                self.relax()
                 T.buffer_store(spins, spins[0] + 1, [0])
                 with T.If(spins[0] > self._SPINS_BEFORE_YIELD):
                     with T.Then():
                         T.evaluate(tirx.call_extern("int32", "sched_yield"))
-        self.fence()
+        self.fence()  # acquire: the flags seen are ordered before everything that follows
 
     def orig_time(self, t):
         """Processing step -> index into x / mask (reversed for go_backwards)."""
@@ -237,7 +276,9 @@ class SequenceEmitter:
             self.buf["RH"] = T.decl_buffer((B, Hp), self.dt, scope="global")
             if self.sched.candidate_panels:
                 self.buf["CP"] = T.decl_buffer((self.NB, self.H, self.V), self.dt, scope="global")
-                self.panels = self.steps >= self._PANEL_MIN_STEPS
+        if self.sched.gate_panels:
+            self.buf["GP"] = T.decl_buffer((self.NB * self.H * self.G * self.V,), self.dt, scope="global")
+        self.panels = self.steps >= self._PANEL_MIN_STEPS
 
     # ---------------------------------------------------------------- phases
     def build(self):
@@ -260,7 +301,7 @@ class SequenceEmitter:
 
         def everything():
             deferred = self.gemm_deferred()
-            self.parallel_region(lambda p: (self.init_state(p), self.candidate_copy(p),
+            self.parallel_region(lambda p: (self.init_state(p), self.candidate_copy(p), self.gate_copy(p),
                                             self.gemm_head(p) if deferred else self.gemm(p)), epoch=1)
             with T.serial(0, iterations) as t:
                 self.parallel_region(lambda p: step(p, t), epoch=t + 2,
@@ -314,6 +355,64 @@ class SequenceEmitter:
                 with T.serial(0, self.NB) as n:
                     with T.serial(lo * V, end) as k:
                         self.vstore(cp, lambda v: [n, k, v], lambda v: cand[k, n, v])
+
+    def gate_tiles(self, blocks):
+        """``(ni, full, rem)``: the gate products' unit tiling of ``blocks`` (see :meth:`products`)."""
+        lo, hi = blocks
+        ni = max(1, min(self.sched.unit_blocks, hi - lo))
+        return ni, (hi - lo) // ni, (hi - lo) % ni
+
+    def gate_panel(self, n0, count, i, k, g, v):
+        """Element (block n0+i, row k, gate g, lane v) of ``gate_panels``' copy: the tile of ``count`` blocks at
+        n0 is one (H, count, G, V) panel at the offset of its first block, so its k rows are contiguous."""
+        return self.buf["GP"][n0 * (self.H * self.G * self.V) + ((k * count + i) * self.G + g) * self.V + v]
+
+    def gate_copy(self, p):
+        """``gate_panels``: copy the part's own blocks of the recurrent weights tile by tile into GP, each
+        register tile's weights one contiguous run per k (in place a tile reads NI streams H*G*V*4 bytes
+        apart, which share a few sets of a 2-way L1 and evict each other's lines before their second half is
+        used)."""
+        if not self.sched.gate_panels:
+            return
+        T, rec, gp = self.T, self.buf["recurrent_packed"], self.buf["GP"]
+        lo, _ = self.parts[p]
+        ni, full, rem = self.gate_tiles(self.parts[p])
+
+        def copy(n0, count):
+            with T.serial(0, self.H) as k:
+                for i in range(count):
+                    for g in range(self.G):
+                        base = n0 * (self.H * self.G * self.V) + ((k * count + i) * self.G + g) * self.V
+                        self.vstore(gp, lambda v, base=base: [base + v],
+                                    lambda v, i=i, g=g: rec[n0 + i, k, g, v])
+
+        with T.If(self.panels):
+            with T.Then():
+                if full:
+                    with T.serial(0, full) as nt:
+                        copy(lo + nt * ni, ni)
+                if rem:
+                    copy(lo + full * ni, rem)
+
+    def gate_products(self, p, gates, h_of, epilogue):
+        """The z, r (and h) products of part p's own blocks: from the panels of ``gate_panels`` in calls of
+        ``_PANEL_MIN_STEPS`` steps or more, else in place."""
+        rec = self.buf["recurrent_packed"]
+
+        def run(weight):
+            self.products(self.parts[p], weight, gates, h_of, epilogue, (0, self.H))
+
+        def in_place(n0, count, i, k, g, v):
+            return rec[n0 + i, k, g, v]
+
+        if not self.sched.gate_panels:
+            run(in_place)
+            return
+        with self.T.If(self.panels):
+            with self.T.Then():
+                run(self.gate_panel)
+            with self.T.Else():
+                run(in_place)
 
     def gemm(self, p):
         """xp[t, b, own blocks] = x[t, b] @ K + biases over all T*B rows.
@@ -416,10 +515,12 @@ class SequenceEmitter:
                     self.vstore(xp, lambda v, t=t, b=b, n=n, g=g: [t, b, n, g, v], value)
 
     def products(self, blocks, weight, gates, h_of, epilogue, depth):
-        """Register-tiled ``acc[b, n, g] = sum_k h_of(b, k, g) * weight(n, k, gi, v)`` over ``blocks``.
+        """Register-tiled ``acc[b, n, g] = sum_k h_of(b, k, g) * weight(n0, count, i, k, gi, v)`` over ``blocks``.
 
-        ``depth`` is the k range ``(start, stop)``; ``epilogue(b, n, accs)`` receives, per batch row and
-        unit block, a function ``accs(gi, v)`` reading the accumulator of the gate at lane v.
+        ``weight`` reads block ``n0 + i`` of the tile of ``count`` blocks at ``n0`` (so a layout may place each
+        tile's weights together). ``depth`` is the k range ``(start, stop)``; ``epilogue(b, n, accs)``
+        receives, per batch row and unit block, a function ``accs(gi, v)`` reading the accumulator of the gate
+        at lane v.
         """
         T = self.T
         lo, hi = blocks
@@ -464,7 +565,7 @@ class SequenceEmitter:
                 base = slot(r, i, gi)
                 self.vstore(acc, lambda v, base=base: [base + v],
                             lambda v, base=base, h=hv[r][gi], i=i, gi=gi: acc[base + v]
-                            + h * weight(n0 + i, k, gi, v))
+                            + h * weight(n0, count, i, k, gi, v))
         for r, b in enumerate(batch_rows):
             for i in range(count):
                 epilogue(b, n0 + i, lambda gi, v, r=r, i=i: acc[slot(r, i, gi) + v])
@@ -503,8 +604,7 @@ class SequenceEmitter:
                             lambda v: m.keep_if_masked(self.valid(tt, b), S[cur, b, n * V + v],
                                                        old if old is not None else O[prev, b, n * V + v]))
 
-        rec = self.buf["recurrent_packed"]
-        self.products(self.parts[p], lambda n, k, g, v: rec[n, k, g, v], (0, 1, 2), h_of, epilogue, (0, self.H))
+        self.gate_products(p, (0, 1, 2), h_of, epilogue)
         if s.return_sequences and p == 0:  # the previous step's output, complete since the last barrier
             out = self.buf["O" if s.masked else "S"]
             with self.T.If(t >= 1):
@@ -541,8 +641,7 @@ class SequenceEmitter:
                         lambda v: m.gate(xp[tt, b, n, 1, v], accs(1, v)) * self.h_masked(HL[p, b, n * V + v], b,
                                                                                          n * V + v, 2))
 
-        rec = self.buf["recurrent_packed"]
-        self.products(self.parts[p], lambda n, k, g, v: rec[n, k, g, v], (0, 1), h_of, epilogue, (0, self.H))
+        self.gate_products(p, (0, 1), h_of, epilogue)
 
     def candidate_partial(self, p, t):
         """P[t%2, p] = (r*h)[own units] @ R_h[own units, :] for all output blocks."""
@@ -560,14 +659,14 @@ class SequenceEmitter:
             self.products((0, self.NB), weight, (2,), lambda b, k, g: RH[b, k], epilogue, (lo, max(lo, end)))
 
         if not self.sched.candidate_panels:
-            product(lambda n, k, g, v: cand[k, n, v])
+            product(lambda n0, count, i, k, g, v: cand[k, n0 + i, v])
             return
         cp, T = self.buf["CP"], self.T  # the same weights, block-major (candidate_copy), for long calls
         with T.If(self.panels):
             with T.Then():
-                product(lambda n, k, g, v: cp[n, k, v])
+                product(lambda n0, count, i, k, g, v: cp[n0 + i, k, v])
             with T.Else():
-                product(lambda n, k, g, v: cand[k, n, v])
+                product(lambda n0, count, i, k, g, v: cand[k, n0 + i, v])
 
     def blend_before(self, p, s_):
         """Step s_ for every unit into part p's private state: candidate from all parts' partial sums."""

@@ -1,19 +1,23 @@
 """The CPU schedule rule of the whole-sequence GRU kernel (:mod:`tvm_gru.ops.sequence`): knobs and their choice.
 
 :class:`SequenceSchedule` holds the knobs of one kernel; :class:`CPUSequenceRule` picks them from the shapes
-and the target (register tiles, cores, where the input projection runs, block-major candidate panels) and has
-:class:`~.sequence_emitter.SequenceEmitter` write the kernel as TIR loops (see :mod:`.sequence_emitter` for the
-shape of the generated code). ``RULES`` lists the sequence rules; :func:`tvm_gru.schedules.sequence_rule`
-picks the one for a target.
+and the target (register tiles, cores, where the input projection runs, block-major candidate panels, tile-major
+gate panels on aarch64) and has :class:`~.sequence_emitter.SequenceEmitter` write the kernel as TIR loops (see
+:mod:`.sequence_emitter` for the shape of the generated code), its gate math built in :func:`gate_math`
+(divide-free on aarch64). ``RULES`` lists the sequence rules; :func:`tvm_gru.schedules.sequence_rule` picks the
+one for a target.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
-from .sequence_emitter import SequenceEmitter
+from tvm_gru.ops import activations
 
-__all__ = ["SequenceSchedule", "CPUSequenceRule", "RULES"]
+from .sequence_emitter import SPIN_BARRIERS, SequenceEmitter
+
+__all__ = ["SequenceSchedule", "CPUSequenceRule", "RULES", "gate_math"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,8 @@ class SequenceSchedule:
     candidate_blocks : int
         Output blocks per register tile of the candidate partial products (reset_after=False).
     spin_barrier : bool
-        Synchronise the steps with the kernel's own spin barrier (x86 only) instead of TVM's
-        ``TVMBackendParallelBarrier``.
+        Synchronise the steps with the kernel's own spin barrier (x86 and aarch64, see
+        :class:`~.sequence_emitter.SequenceEmitter`) instead of TVM's ``TVMBackendParallelBarrier``.
     gemm_in_barrier : bool
         Defer the input projection into the barrier waits (batch 1, reset_after=False, spin barrier, two or more
         parts; ignored otherwise): only the first MR steps' rows are projected up front; at iteration t each
@@ -46,6 +50,10 @@ class SequenceSchedule:
         block-major workspace (NB, H, V), so that a candidate tile's weights are contiguous rather than
         rows 4*Hp bytes apart (which map to the same few cache sets and are re-read from L3 by every batch
         tile).
+    gate_panels : bool
+        At the start of a call of 8 steps or more each part copies its blocks of the recurrent weights into a
+        tile-major workspace: each gate-product register tile's weights become one contiguous run per k
+        (NI*G*V floats) instead of NI streams H*G*V*4 bytes apart.
     """
 
     threads: int = 1
@@ -56,6 +64,7 @@ class SequenceSchedule:
     spin_barrier: bool = True
     gemm_in_barrier: bool = False
     candidate_panels: bool = False
+    gate_panels: bool = False
 
 
 class CPUSequenceRule:
@@ -103,6 +112,9 @@ class CPUSequenceRule:
         # waits. Measured 1x64x128 (48 KB per part), 100 steps, old and new kernels interleaved in one process:
         # 3 % faster (median over 10 runs, each -1 .. +4.5 %); 1x256x256 (384 KB per part) got 5 % slower
         # (775 -> 812 us: the projection no longer reuses its weights from L1 and evicts recurrent ones).
+        # aarch64 (spin barrier there too): the same rule. By the cycle model of benchmarks/arm_static.py the
+        # deferred slice (1x64x128 on 4 cores: ~1,500 vector FMAs a step per core) fills the ~1,000-cycle wait of
+        # each step on Cortex-A72 instead of adding all of it to the call up front; not measured on a board.
         input_bytes = spec.input_dim * _row_bytes(spec) // threads
         in_barrier = spec.batch == 1 and not c.reset_after and threads > 1 and input_bytes <= 64 * 1024
         # Several batch tiles re-read each candidate tile's weights: in place (rows 4*Hp bytes apart, all in
@@ -111,9 +123,16 @@ class CPUSequenceRule:
         # 1.21x, 64x512x1024 1.12x, 8x256x256 / 64x256x256 / 8x64x128 1.02x. With a single batch tile
         # (batch 1) the weights are read once anyway and the copy only costs (1x256x256: 0.94x).
         panels = not c.reset_after and spec.batch > batch_tile
+        # aarch64: Cortex-A72's L1 is 32 KB, 2-way. In place, a gate tile's NI weight streams lie H*G*V*4 bytes
+        # apart (8 KB at H=256): they fall into two sets and evict each other's lines before the second half of
+        # each is read (modelled by benchmarks/arm_static.py: each line fetched ~2x). Tile-major copies make one
+        # stream per tile. x86 (8-way L1s) is left as measured.
+        from tvm_gru.targets import family  # noqa: PLC0415
+
+        gate_panels = family(target) == "aarch64" and unit_blocks > 1
         return SequenceSchedule(threads=threads, gemm_rows=4, batch_tile=batch_tile,
                                 unit_blocks=unit_blocks, candidate_blocks=candidate_blocks,
-                                gemm_in_barrier=in_barrier, candidate_panels=panels)
+                                gemm_in_barrier=in_barrier, candidate_panels=panels, gate_panels=gate_panels)
 
     def short_schedule(self, spec, target):
         """``(max_steps, serial schedule)`` for short calls (streaming), or None when the default is serial.
@@ -153,8 +172,8 @@ class CPUSequenceRule:
         """Return the IRModule ``{"main": kernel}`` (signature in :func:`tvm_gru.ops.sequence.SequenceSpec`).
 
         Never None: every spec on an LLVM target is this rule's. Raises ValueError when ``schedule`` asks for
-        more threads than the spec has unit blocks. ``spin_barrier`` is honoured on x86 only (elsewhere the
-        kernel uses TVM's barrier).
+        more threads than the spec has unit blocks. ``spin_barrier`` is honoured on x86 and aarch64 (the ISAs of
+        :data:`~.sequence_emitter.SPIN_BARRIERS`; elsewhere the kernel uses TVM's barrier).
         """
         import tvm  # noqa: PLC0415
 
@@ -163,12 +182,27 @@ class CPUSequenceRule:
             raise ValueError(f"schedule threads={sched.threads} exceeds the {spec.blocks} unit blocks")
         from tvm_gru.targets import family  # noqa: PLC0415
 
-        spin = sched.spin_barrier and family(target) == "x86"
+        isa = family(target)
+        spin = isa if sched.spin_barrier and isa in SPIN_BARRIERS else None
         emitter = SequenceEmitter(spec, sched, spin_barrier=spin, max_accumulators=self.max_accumulators)
-        return tvm.IRModule({"main": emitter.build()})
+        with gate_math(target):
+            return tvm.IRModule({"main": emitter.build()})
 
 
 RULES = (CPUSequenceRule(),)
+
+
+def gate_math(target):
+    """The context the rules build a kernel's gate math in for ``target``: divide-free on aarch64.
+
+    A NEON ``fdiv`` (in tanh and sigmoid) costs up to 34 cycles per vector on Cortex-A72 (llvm-mca) and was
+    ~70 % of the 1x256x256 layer's blend loop; the reciprocal estimate plus Newton steps of
+    :func:`tvm_gru.ops.activations.te_reciprocal_aarch64` takes 5 pipelined instructions. x86 keeps its
+    divisions (``vdivps`` is pipelined there and the kernels' tuning records hash the exact expressions).
+    """
+    from tvm_gru.targets import family  # noqa: PLC0415
+
+    return activations.divide_free() if family(target) == "aarch64" else contextlib.nullcontext()
 
 
 def _cores(target) -> int:
