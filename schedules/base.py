@@ -108,6 +108,10 @@ class CPUStepRule:
     """Schedules a :func:`tvm_gru.ops.compute.step_primfunc` for a CPU with SIMD width ``spec.lanes``."""
 
     max_accumulators = 12  # of 16 vector registers (AVX2): leave room for loads and broadcasts
+    # int8 weights are widened in registers before their FMA: each in-flight weight vector holds a register for the
+    # conversion. ARM's 24 accumulators then spilled inside the k loop (5-12 stack accesses per 24 fmla, 1x256x256,
+    # LLVM 0.27 asm); 12 leave it spill-free. x86 keeps its 12.
+    max_widened_accumulators = 12
     # Weight bytes per phase under which one core beats two (a parallel launch costs ~1.7 us here).
     parallel_min_bytes = 512 * 1024
     # Weight bytes per core from which single-stream tiles prefetch the next tile (None: never; measured on x86 only).
@@ -121,9 +125,12 @@ class CPUStepRule:
         c = spec.config
         nb = spec.blocks
         batch_tile = _largest_divisor(spec.batch, (4, 2, 1)) if spec.batch >= 4 else spec.batch
-        budget = max(1, self.max_accumulators // (3 * batch_tile))
+        accumulators = self.max_accumulators
+        if spec.storage_dtype == "int8":
+            accumulators = min(accumulators, self.max_widened_accumulators)
+        budget = max(1, accumulators // (3 * batch_tile))
         unit_blocks = _largest_divisor(nb, [d for d in (8, 4, 2, 1) if d <= budget])
-        budget = max(1, self.max_accumulators // batch_tile)
+        budget = max(1, accumulators // batch_tile)
         cores = int(target.attrs["num-cores"]) if "num-cores" in target.attrs else 1
         itemsize = 4 if c.dtype == "float32" else 8
         weight_bytes = (spec.input_dim + c.units) * 3 * nb * spec.lanes * itemsize

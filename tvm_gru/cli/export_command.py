@@ -257,9 +257,9 @@ def register(subparsers, add_shape_args) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights seed when no --config/--onnx is given")
     p.add_argument("--batches", help="comma-separated batch sizes to compile (default: --batch)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--weight-dtype", choices=["float32", "float16"], default=None,
-                   help="storage dtype of the cell's weight matrices (float16: half the bytes, float32 math; "
-                        "default: the cell dtype)")
+    p.add_argument("--weight-dtype", choices=["float32", "float16", "int8"], default=None,
+                   help="storage dtype of the cell's weight matrices (float16: half the bytes; int8: a quarter, "
+                        "symmetric per-column scales; float32 math either way; default: the cell dtype)")
     layer = p.add_argument_group("layer", "export a GRU layer (whole-sequence kernels) instead of a cell")
     layer.add_argument("--layer", action="store_true", help="export a GRU layer (implied by a GRU --config)")
     for flag in LAYER_FLAGS:

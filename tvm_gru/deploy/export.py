@@ -214,11 +214,13 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
         Batch sizes to compile a kernel for (kernels are specialised on the batch size).
     overwrite : bool
         Replace an existing folder at ``path``.
-    weight_dtype : None, "float32" or "float16"
+    weight_dtype : None, "float32", "float16" or "int8"
         Storage dtype of the packed kernel and recurrent kernel in the artifact (None: the cell's
         ``weight_dtype``, float32 by default). "float16" (float32 cells only): half the weight bytes, each
         weight rounded to the nearest half and widened to float32 before its multiply-add; inputs, states, bias,
-        accumulation and gate math stay float32.
+        accumulation and gate math stay float32. "int8" (float32 cells, CPU targets): a quarter of the weight
+        bytes, quantized symmetrically per Keras column (``weight_scale`` (2, 3, Hp) float32 beside the bias),
+        widened to float32 in the product's inner loop; the error it adds is bounded in the README (int8 weights).
 
     Returns
     -------

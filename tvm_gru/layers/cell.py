@@ -140,12 +140,16 @@ class GRUCell:
     seed : int, optional
         Seeds weight initialisation and dropout masks.
     name : str, optional
-    weight_dtype : None, "float32" or "float16"
+    weight_dtype : None, "float32", "float16" or "int8"
         Not a Keras argument: the storage dtype of the packed kernel and recurrent kernel the compiled step
         streams (None = ``dtype``). "float16" (float32 cells) halves the bytes a step reads; each weight is
         rounded to the nearest half once, at ``set_weights``/``build``, and widened to float32 before its
-        multiply-add (inputs, states, bias, accumulation and gate math stay float32). ``get_weights()`` returns
-        the float32 weights as set; ``get_config()`` lists ``weight_dtype`` only when it is not the default.
+        multiply-add (inputs, states, bias, accumulation and gate math stay float32). "int8" (float32 cells, CPU
+        targets) quarters them: each Keras column (one unit of one gate) is quantized symmetrically to int8 with
+        one float32 scale, ``max |column| / 127``; the kernel widens each int8 to float32 in its inner loop and
+        scales each product once. Each pre-activation then moves by at most ``(s_x ||x||_1 + s_h ||h||_1) / 2``
+        (``s_x``, ``s_h`` the scales of its kernel and recurrent columns). ``get_weights()`` returns the float32
+        weights as set; ``get_config()`` lists ``weight_dtype`` only when it is not the default.
 
     Notes
     -----
@@ -486,7 +490,7 @@ class GRUCell:
         """Write a deployable artifact of this cell (see :func:`tvm_gru.deploy.export.export_cell`); returns its folder.
 
         ``target`` defaults to the cell's own target; ``batch`` is one batch size or a list of them;
-        ``weight_dtype`` ("float32"/"float16") the storage dtype of the exported weight matrices (None: the
+        ``weight_dtype`` ("float32"/"float16"/"int8") the storage dtype of the exported weight matrices (None: the
         cell's own ``weight_dtype``).
         """
         return hooks.writer("export_cell")(self, path, target=self.target if target is None else target, batch=batch,

@@ -15,7 +15,9 @@ Stages are named so schedules can find them with ``sch.get_sblock(name)``:
     (B, H) the new state ``z * h + (1 - z) * hh`` (z, r inline when ``reset_after``).
 
 Weights arrive packed (see :mod:`tvm_gru.runtime.packing`), in ``spec.storage_dtype``: the cell dtype, or float16 for a
-float32 cell (each weight widened to float32 before its multiply-add; accumulation, bias and gate math float32).
+float32 cell (each weight widened to float32 before its multiply-add; accumulation, bias and gate math float32), or
+int8 (widened the same way; each product ``sum_k x * float(q)`` is multiplied by its column's ``weight_scale`` once,
+in the epilogue that reads it).
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ ANCHORS = {False: ("gates", "h_new"), True: ("h_new",)}
 GATES = ("z", "r", "h")
 
 
-def _products(name, vec, weight, gates, spec, fused):
+def _products(name, vec, weight, gates, spec, fused, scale=None):
     """Products ``sum_k vec(g, b, k) * W_g[k, u]`` of the packed ``weight`` for each gate g in ``gates``.
 
     ``fused``: one reduction over the gate-interleaved (NB, K, G, V) weight, with a gate axis, so a
     schedule can keep all gates of a unit block in registers over one pass of k. ``vec`` may depend on the
     gate (implementation 1 applies a different dropout mask per gate); ``gates`` are consecutive.
     Otherwise (gate-major (G, NB, K, V) weight): one reduction per gate.
+    ``scale``: ``scale(g, u)`` multiplies the finished product of gate g at unit u (int8 storage), or None.
 
     Returns ``get(g, b, u)``, reading the product of gate ``g`` at unit ``u``.
     """
@@ -47,7 +50,7 @@ def _products(name, vec, weight, gates, spec, fused):
     depth = weight.shape[1] if fused else weight.shape[2]
     slot = {g: i for i, g in enumerate(gates)}
     dt = spec.config.dtype
-    # Stored narrower than the cell dtype (float16): widen each element before its multiply-add, so the products
+    # Stored narrower than the cell dtype (float16, int8): widen each element before its multiply-add, so the products
     # accumulate in the cell dtype. Same dtype: no cast at all (the default's TE, and so its tuning records'
     # structural hashes, are unchanged).
     w = (lambda *i: weight[i]) if weight.dtype == dt else (lambda *i: weight[i].astype(dt))
@@ -56,7 +59,7 @@ def _products(name, vec, weight, gates, spec, fused):
         prod = te.compute((batch, nb, len(gates), lanes),
                           lambda b, n, g, v: te.sum(vec(gates[0] + g, b, k) * w(n, k, g, v), axis=k),
                           name=name)
-        return lambda g, b, u: prod[b, u // lanes, slot[g], u % lanes]
+        return _scaled(lambda g, b, u: prod[b, u // lanes, slot[g], u % lanes], scale)
 
     def one_gate(g):
         k = te.reduce_axis((0, depth), "k")
@@ -65,7 +68,11 @@ def _products(name, vec, weight, gates, spec, fused):
                           name=f"{name}_{GATES[g]}")
 
     stages = {g: one_gate(g) for g in gates}
-    return lambda g, b, u: stages[g][b, u // lanes, u % lanes]
+    return _scaled(lambda g, b, u: stages[g][b, u // lanes, u % lanes], scale)
+
+
+def _scaled(get, scale):
+    return get if scale is None else (lambda g, b, u: get(g, b, u) * scale(g, u))
 
 
 def step_tensors(spec: StepSpec):
@@ -80,8 +87,9 @@ def step_tensors(spec: StepSpec):
     params : list of te.Tensor
         ``x`` (B, I), ``h`` (B, H), the packed weights of :func:`tvm_gru.runtime.packing.layout` in its order
         (``kernel_packed``, ``recurrent_packed`` [, ``candidate_packed``]), ``bias_packed`` (2, 3, Hp) if
-        ``use_bias``, ``input_mask`` (Mx, B, I) if ``input_masks``,
-        ``recurrent_mask`` (3, B, H) if ``recurrent_masks``, and last the output ``h_new`` (B, H).
+        ``use_bias``, ``weight_scale`` (2, 3, Hp) if the weights are stored as int8, ``input_mask`` (Mx, B, I)
+        if ``input_masks``, ``recurrent_mask`` (3, B, H) if ``recurrent_masks``, and last the output ``h_new``
+        (B, H).
     """
     c = spec.config
     B, I, H, V, NB = spec.batch, spec.input_dim, c.units, spec.lanes, spec.blocks
@@ -94,9 +102,10 @@ def step_tensors(spec: StepSpec):
     weights = {name: te.placeholder(packing.packed_shape(depth[src], H, V, gates, fused), spec.storage_dtype, name)
                for name, (src, gates, fused) in packed.items()}
     bias = te.placeholder((2, 3, NB * V), dt, "bias_packed") if c.use_bias else None
+    scales = te.placeholder((2, 3, NB * V), dt, "weight_scale") if spec.storage_dtype == "int8" else None
     mx = te.placeholder((spec.input_masks, B, I), dt, "input_mask") if spec.input_masks else None
     mh = te.placeholder((3, B, H), dt, "recurrent_mask") if spec.recurrent_masks else None
-    params = [x, h, *weights.values()] + [t for t in (bias, mx, mh) if t is not None]
+    params = [x, h, *weights.values()] + [t for t in (bias, scales, mx, mh) if t is not None]
 
     def x_in(g, b, k):  # impl 2 has one input mask shared by the gates; ``g`` may be an expression
         return x[b, k] * mx[g if spec.input_masks > 1 else 0, b, k] if mx is not None else x[b, k]
@@ -110,9 +119,12 @@ def step_tensors(spec: StepSpec):
     f = activations.get(c.recurrent_activation).te
     act = activations.get(c.activation).te
     fused = packed["kernel_packed"][2]  # all packed weights share one layout
-    xp = _products("x_proj", x_in, weights["kernel_packed"], (0, 1, 2), spec, fused)
+    def scale(row):  # row 0: the kernel's column scales, row 1: the recurrent kernel's
+        return None if scales is None else (lambda g, u: scales[row, g, u])
+
+    xp = _products("x_proj", x_in, weights["kernel_packed"], (0, 1, 2), spec, fused, scale(0))
     h_gates = (0, 1, 2) if c.reset_after else (0, 1)
-    hp = _products("h_proj", h_in, weights["recurrent_packed"], h_gates, spec, fused)
+    hp = _products("h_proj", h_in, weights["recurrent_packed"], h_gates, spec, fused, scale(1))
 
     def x_pre(g, b, u):  # x K_g + b_g
         return add(xp(g, b, u), bias[0, g, u] if bias is not None else None)
@@ -137,7 +149,8 @@ def step_tensors(spec: StepSpec):
             tirx.if_then_else(g == 1, f(x_pre(1, b, u) + h_pre(1, b, u)), x_pre(2, b, u))),
         name="gates")
     rh = te.compute((B, H), lambda b, u: gates[b, 1, u] * h_in(2, b, u), name="rh")
-    hh_proj = _products("hh_proj", lambda g, b, k: rh[b, k], weights["candidate_packed"], (2,), spec, fused)
+    hh_proj = _products("hh_proj", lambda g, b, k: rh[b, k], weights["candidate_packed"], (2,), spec, fused,
+                        scale(1))
 
     def blend_before(b, u):
         z = gates[b, 0, u]

@@ -16,7 +16,7 @@ __all__ = ["GRUConfig", "StepSpec", "check_positive_int", "check_weight_dtype"]
 
 _DTYPES = ("float32", "float64")
 # Storage dtypes of the packed kernel and recurrent kernel, per cell dtype (the arithmetic stays the cell dtype).
-WEIGHT_DTYPES = {"float32": ("float32", "float16"), "float64": ("float64",)}
+WEIGHT_DTYPES = {"float32": ("float32", "float16", "int8"), "float64": ("float64",)}
 
 
 def check_positive_int(name: str, value) -> int:
@@ -56,6 +56,9 @@ def check_weight_dtype(dtype: str, value) -> str:
 
     "float16" (float32 cells only) stores the two weight matrices as IEEE half and widens each element to
     float32 before its multiply-add: half the bytes a batch-1 step streams, float32 accumulation and gate math.
+    "int8" (float32 cells only) stores them quantized, symmetric per output unit and gate (one float32 scale per
+    Keras column, see :func:`tvm_gru.runtime.packing.quantize_int8`): a quarter of the bytes; each int8 is widened
+    to float32 in the product's inner loop, the sum over k is multiplied by the column's scale once.
     """
     import numpy as np  # noqa: PLC0415
 
@@ -148,6 +151,8 @@ class StepSpec:
     weight_dtype : str or None
         Storage dtype of the packed kernel and recurrent kernel; None (normalised from ``config.dtype``) means
         the cell dtype. "float16": half-precision storage, widened to float32 before each multiply-add.
+        "int8": per-column symmetric int8 storage plus float32 scales (``weight_scale``), widened to float32 in
+        the inner loop and scaled once per product.
     """
 
     config: GRUConfig

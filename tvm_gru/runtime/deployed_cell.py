@@ -10,7 +10,7 @@ from .buffers import as_aligned
 from .ffi_args import OutputPool
 from .format import weight_dtype
 from .layer_calls import NotCopyable, check_inference_training
-from .packing import unpack_matrix
+from .packing import dequantize_int8, unpack_matrix
 
 __all__ = ["DeployedCell"]
 
@@ -52,7 +52,7 @@ class DeployedCell(NotCopyable):
         self.input_dim = int(meta["input_dim"])
         self.units = int(self.config["units"])
         self.dtype = np.dtype(self.config["dtype"])
-        self.weight_dtype = np.dtype(weight_dtype(meta))  # storage of the weight matrices (float16: widened in-kernel)
+        self.weight_dtype = np.dtype(weight_dtype(meta))  # weight matrix storage (float16, int8: widened in-kernel)
         self.target = meta["target"]
         self._functions = {int(b): module[name] for b, name in meta["kernel"]["functions"].items()}
         self.batch_sizes = tuple(sorted(self._functions))
@@ -83,7 +83,8 @@ class DeployedCell(NotCopyable):
 
     def get_weights(self) -> list:
         """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H), bias]`` (unpacked copies, in the
-        cell dtype: float16-stored matrices come back as the float16-rounded values the kernel uses)."""
+        cell dtype: float16-stored matrices come back as the float16-rounded values the kernel uses, int8-stored ones
+        dequantized, ``float(q) * scale`` per column)."""
         w = dict(zip(self.metadata["kernel"]["weights"], self._host_weights))
         # Gate-interleaved for implementation 2 and for every SIMD packing (V > 1); see tvm_gru.runtime.packing.layout.
         units, fused = self.units, self.config["implementation"] == 2 or w["kernel_packed"].shape[-1] > 1
@@ -91,6 +92,10 @@ class DeployedCell(NotCopyable):
         recurrent = unpack_matrix(w["recurrent_packed"], units, fused).copy()
         if "candidate_packed" in w:  # reset_after=False keeps the candidate's recurrent columns apart
             recurrent = np.concatenate([recurrent, unpack_matrix(w["candidate_packed"], units, fused).copy()], axis=1)
+        if "weight_scale" in w:  # int8: one scale per Keras column, row 0 the kernel's, row 1 the recurrent kernel's
+            scales = w["weight_scale"][:, :, :units].reshape(2, 3 * units)
+            kernel = dequantize_int8(kernel, scales[0], self.dtype)
+            recurrent = dequantize_int8(recurrent, scales[1], self.dtype)
         out = [kernel.astype(self.dtype), recurrent.astype(self.dtype)]
         if "bias_packed" in w:
             rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)

@@ -329,7 +329,7 @@ def artifact_kind(meta: dict) -> str:
 
 # ---------------------------------------------------------------------------------------- weights
 # Storage dtypes of the weight matrices a cell artifact may hold, per cell dtype (see tvm_gru.ops.config).
-_WEIGHT_DTYPES = {"float32": ("float32", "float16"), "float64": ("float64",)}
+_WEIGHT_DTYPES = {"float32": ("float32", "float16", "int8"), "float64": ("float64",)}
 
 
 def weight_dtype(meta: dict) -> str:
@@ -344,7 +344,8 @@ def weight_dtype(meta: dict) -> str:
 
 def cell_weight_specs(meta: dict) -> dict:
     """{name: (shape, dtype)} of a cell's packed weights, in kernel order, as the config implies them: the
-    weight matrices in the metadata's ``weight_dtype``, the bias in the cell dtype (``tvm_gru.runtime.packing``)."""
+    weight matrices in the metadata's ``weight_dtype``, the bias (and, for int8 matrices, their column scales
+    ``weight_scale``) in the cell dtype (``tvm_gru.runtime.packing``)."""
     cfg = meta["config"]
     units, input_dim, lanes = cfg["units"], meta["input_dim"], meta["lanes"]
     nb = -(-units // lanes)
@@ -362,6 +363,8 @@ def cell_weight_specs(meta: dict) -> dict:
         expected["candidate_packed"] = (matrix(units, 1), matrices)
     if cfg["use_bias"]:
         expected["bias_packed"] = ((2, 3, nb * lanes), cell_dtype)
+    if matrices == np.int8:
+        expected["weight_scale"] = ((2, 3, nb * lanes), cell_dtype)
     check_declared(meta, expected)
     return expected
 
@@ -371,7 +374,8 @@ def check_declared(meta: dict, expected: dict) -> None:
     cfg = meta["config"]
     if list(meta["kernel"]["weights"]) != list(expected):
         raise ArtifactError(f"the kernel weights are {list(meta['kernel']['weights'])}; the config "
-                            f"(reset_after={cfg['reset_after']}, use_bias={cfg['use_bias']}) implies {list(expected)}")
+                            f"(reset_after={cfg['reset_after']}, use_bias={cfg['use_bias']}, weight_dtype="
+                            f"{weight_dtype(meta)}) implies {list(expected)}")
     for name, (shape, dtype) in expected.items():
         if tuple(meta["shapes"][name]) != tuple(shape):
             raise ArtifactError(f"weight {name} has shape {tuple(meta['shapes'][name])} in the metadata; the config "

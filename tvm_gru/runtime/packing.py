@@ -15,6 +15,10 @@ kernel applies per gate. With V = 1 (CUDA, one unit per warp), implementation 1 
 of K values per gate and unit: (G, H, K, 1).
 The kernel and recurrent kernel may be stored as float16 for a float32 cell (``weight_dtype``); the
 layout is the same (V stays the float32 SIMD width: V halves are one half-width load, widened in registers).
+Or as int8 (``weight_dtype="int8"``, float32 cells): each Keras column (one output unit of one gate) is quantized
+symmetrically, ``q = round(w / s)`` in [-127, 127] with ``s = max_k |w[k, col]| / 127``; the same layout holds
+``q``, and the scales are packed like the bias as ``weight_scale`` (2, 3, Hp): row 0 the kernel's, row 1 the
+recurrent kernel's. The kernel sums ``x * float(q)`` over k and multiplies by ``s`` once, after the sum.
 Bias is packed as (2, 3, Hp): row 0 the input bias, row 1 the recurrent bias (zeros unless reset_after).
 """
 
@@ -24,7 +28,10 @@ import numpy as np
 
 from .buffers import aligned_empty
 
-__all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable"]
+__all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable", "quantize_int8",
+           "dequantize_int8", "int8_error_bound", "INT8_LEVELS"]
+
+INT8_LEVELS = 127  # symmetric: -127..127 (-128 unused, so negating a weight never saturates)
 
 
 def layout(config, lanes: int) -> dict:
@@ -87,11 +94,21 @@ def unpack_bias(packed: np.ndarray, units: int, reset_after: bool) -> np.ndarray
 
 
 def check_storable(weight_dtype, matrices: dict) -> None:
-    """Refuse finite weights beyond the storage dtype's range (float16: |w| > 65504 would be stored as inf).
+    """Refuse weights the storage dtype cannot hold (ValueError naming the matrix; nothing is changed).
 
-    ``matrices``: ``{name: array}``. Smaller values round to nearest (below 6e-8 to zero, as float16 does).
+    float16: finite |w| > 65504 would be stored as inf (smaller values round to nearest, below 6e-8 to zero, as
+    float16 does; inf and NaN stay as they are). int8: every weight must be finite (a column's scale is its
+    largest |w|, so one inf or NaN would wipe out the whole column). ``matrices``: ``{name: array}``.
     """
     dt = np.dtype(weight_dtype)
+    if dt == np.int8:
+        for name, w in matrices.items():
+            bad = ~np.isfinite(np.asarray(w))
+            if bad.any():
+                k, col = (int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(f"`weight_dtype`='int8': the {name} holds {np.asarray(w)[k, col]} at [{k}, {col}]; "
+                                 "int8 storage needs finite weights (keep weight_dtype='float32' for these weights)")
+        return
     if dt != np.float16:
         return
     top = float(np.finfo(dt).max)
@@ -104,17 +121,59 @@ def check_storable(weight_dtype, matrices: dict) -> None:
                              f"({top:.6g}); keep weight_dtype='float32' for these weights")
 
 
+def quantize_int8(w: np.ndarray) -> tuple:
+    """Symmetric per-column int8 quantization of a (K, N) matrix (N = 3H Keras columns: one output unit of one gate).
+
+    Returns ``(q, scale)``: ``q`` (K, N) int8 in [-127, 127] and ``scale`` (N,) float32 with
+    ``scale = max_k |w[k, n]| / 127`` and ``q = round(w / scale)`` (an all-zero column: scale 0, q 0). The
+    dequantized weight ``float32(q) * scale`` is within ``scale / 2`` of ``w`` (plus float32 rounding).
+    """
+    w = np.asarray(w, np.float64)
+    scale = (np.max(np.abs(w), axis=0, initial=0.0) / INT8_LEVELS).astype(np.float32)
+    safe = np.where(scale > 0, scale.astype(np.float64), 1.0)
+    q = np.clip(np.rint(w / safe), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    return q, scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray, dtype="float32") -> np.ndarray:
+    """``float(q) * scale`` per column: the weights an int8-storage kernel multiplies by (up to where the scale is
+    applied: after the sum over k in the kernel, per product here)."""
+    return (np.asarray(q).astype(dtype) * np.asarray(scale, dtype)).astype(dtype)
+
+
+def int8_error_bound(kernel, recurrent_kernel, x, h) -> np.ndarray:
+    """How far int8 storage can move each pre-activation of one step: (B, 3H), gate-major columns [z | r | h].
+
+    Each stored weight is within ``s / 2`` of the float32 one (``s`` its column's scale, see :func:`quantize_int8`),
+    so the pre-activation of column ``c`` moves by at most ``(s_K[c] ||x||_1 + s_R[c] ||h||_1) / 2``, plus float32
+    rounding. ``x`` (B, I), ``h`` (B, H). For the candidate of ``reset_after=False`` the recurrent product reads
+    ``r * h``, whose 1-norm is at most ``||h||_1`` when the recurrent activation maps into [0, 1].
+    """
+    s_k, s_r = quantize_int8(kernel)[1].astype(np.float64), quantize_int8(recurrent_kernel)[1].astype(np.float64)
+    x1 = np.abs(np.asarray(x, np.float64)).sum(axis=1, keepdims=True)
+    h1 = np.abs(np.asarray(h, np.float64)).sum(axis=1, keepdims=True)
+    return 0.5 * (x1 * s_k + h1 * s_r)
+
+
 def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int, weight_dtype=None) -> dict:
-    """All packed arrays a step kernel takes, by parameter name (see :func:`layout`).
+    """All packed arrays a step kernel takes, by parameter name, in the kernel's argument order (see :func:`layout`).
 
     ``weight_dtype``: storage dtype of the kernel and recurrent kernel arrays (None: ``config.dtype``; "float16"
-    rounds them to nearest half); the bias stays in ``config.dtype``.
+    rounds them to nearest half; "int8" quantizes them per column, see :func:`quantize_int8`, and adds
+    ``weight_scale`` (2, 3, Hp) float32 after the bias); the bias stays in ``config.dtype``.
     """
     sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
     wdt = config.dtype if weight_dtype is None else weight_dtype
     check_storable(wdt, sources)
+    scales = None
+    if np.dtype(wdt) == np.int8:
+        quantized = {name: quantize_int8(w) for name, w in sources.items()}
+        sources = {name: q for name, (q, _) in quantized.items()}
+        scales = np.stack([quantized["kernel"][1], quantized["recurrent_kernel"][1]])  # (2, 3H)
     out = {name: pack_matrix(sources[src], config.units, lanes, wdt, gates, fused)
            for name, (src, gates, fused) in layout(config, lanes).items()}
     if config.use_bias:
         out["bias_packed"] = pack_bias(bias, config.units, lanes, config.dtype)
+    if scales is not None:
+        out["weight_scale"] = pack_bias(scales, config.units, lanes, config.dtype)
     return out
