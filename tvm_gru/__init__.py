@@ -34,7 +34,8 @@ _LAZY = {"irmodule": "build.modules", "primfunc": "build.modules", "packed_weigh
          "export_cell": "deploy.export", "export_layer": "deploy.export",
          "export_bidirectional": "deploy.export", "from_onnx": "interop.onnx_io",
          "run_onnx": "interop.onnx_io", "cell_to_onnx": "interop.onnx_export", "layer_to_onnx": "interop.onnx_export",
-         "bidirectional_to_onnx": "interop.onnx_export", "tune": "tuning.tune", "Model": "models.model"}
+         "bidirectional_to_onnx": "interop.onnx_export", "tune": "tuning.tune",
+         "tune_sequence": "tuning.sequence_tune", "Model": "models.model"}
 
 
 def __getattr__(name: str):
@@ -61,6 +62,7 @@ for _writer in ("export_cell", "export_layer", "export_bidirectional", "cell_to_
     hooks.register(_writer, _deferred(_writer))
 
 __all__ = ["GRUCell", "GRU", "Bidirectional", "Model", "GRUConfig", "StepSpec", "from_onnx", "run_onnx", "tune",
-           "load", "verify", "DeployedCell", "DeployedGRU", "DeployedBidirectional", "DeployedModel", "ArtifactError",
+           "tune_sequence", "load", "verify", "DeployedCell", "DeployedGRU", "DeployedBidirectional", "DeployedModel",
+           "ArtifactError",
            "export_cell", "export_layer", "export_bidirectional", "primfunc", "irmodule", "packed_weights",
            "__version__"]

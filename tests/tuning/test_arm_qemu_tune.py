@@ -68,7 +68,7 @@ def rpc_kit():
 
 
 @contextlib.contextmanager
-def _tracker_and_emulated_server(tmp_path):
+def tracker_and_emulated_server(tmp_path):
     """Yield ``(port, server_log, seconds until the server registered)``; every process is killed afterwards."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -111,7 +111,7 @@ def test_tune_aarch64_over_rpc_with_an_emulated_server(tmp_path, capsys, monkeyp
     argv = ["tune", "--target", "aarch64", "--units", str(SHAPE["units"]), "--input-dim", str(SHAPE["input_dim"]),
             "--batch", str(SHAPE["batch"]), "--trials", str(TRIALS), "--trials-per-batch", str(TRIALS),
             "--log-dir", str(log_dir), "--seed", "0"]
-    with _tracker_and_emulated_server(tmp_path) as (port, server_log, registered_s):
+    with tracker_and_emulated_server(tmp_path) as (port, server_log, registered_s):
         t0 = time.perf_counter()
         code = cli.main([*argv, "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", KEY])
         tune_s = time.perf_counter() - t0

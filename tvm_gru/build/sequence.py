@@ -10,16 +10,18 @@ from .. import schedules, targets
 from ..ops import activations, config, sequence
 from ..ops.sequence import SequenceSpec
 from ..runtime import packing
+from . import sequence_records
 from .cache import cached_kernel, source_hash
 from .tvm_workarounds import sequence_pass_config, vectorizable_isnan
 
-__all__ = ["sequence_rule", "scheduled_sequence", "compile_sequence", "compile_short_sequence", "frames_on_step_kernel",
-           "compile_sequence_module"]
+__all__ = ["sequence_rule", "chosen_schedule", "scheduled_sequence", "compile_sequence", "compile_short_sequence",
+           "frames_on_step_kernel", "compile_sequence_module"]
 
 
 def _key(spec: SequenceSpec, target, schedule) -> dict:
     return {"spec": spec.key(), "target": str(target.export()),
-            "src": source_hash(sequence, activations, packing, config, schedules), "schedule": repr(schedule)}
+            "src": source_hash(sequence, activations, packing, config, schedules), "schedule": repr(schedule),
+            "records": sequence_records.fingerprint(target)}
 
 
 def sequence_rule(target):
@@ -31,9 +33,17 @@ def sequence_rule(target):
     return rule
 
 
+def chosen_schedule(spec: SequenceSpec, target):
+    """The knobs the kernel of ``spec`` on ``target`` is built with: a tuning record's where one applies
+    (:func:`tvm_gru.build.sequence_records.tuned_schedule`: the exact workload and target, and it beat the hand
+    rule in its run), else the sequence rule's."""
+    return sequence_records.tuned_schedule(spec, target) or sequence_rule(target).default_schedule(spec, target)
+
+
 def scheduled_sequence(spec: SequenceSpec, target, schedule=None):
-    """The sequence kernel as an IRModule, built by the sequence rule for ``target``."""
-    return sequence_rule(target).apply(spec, target, schedule)
+    """The sequence kernel as an IRModule, built by the sequence rule for ``target`` with ``schedule`` (None: the
+    knobs of :func:`chosen_schedule`)."""
+    return sequence_rule(target).apply(spec, target, schedule or chosen_schedule(spec, target))
 
 
 def compile_short_sequence(spec: SequenceSpec, target=None):
@@ -61,11 +71,12 @@ def compile_sequence(spec: SequenceSpec, target=None, schedule=None):
     spec : SequenceSpec
     target : None, str, dict or tvm.target.Target
     schedule : optional
-        Knobs for the rule (``tvm_gru.schedules`` ``SequenceSchedule``); None = the rule's choice.
+        Knobs for the rule (``tvm_gru.schedules`` ``SequenceSchedule``); None = :func:`chosen_schedule` (a
+        tuning record's where one applies, else the rule's).
     """
     target = targets.resolve(target)
     if schedule is None:
-        schedule = sequence_rule(target).default_schedule(spec, target)
+        schedule = chosen_schedule(spec, target)
     return cached_kernel("seq", _key(spec, target, schedule),
                          lambda: compile_sequence_module(scheduled_sequence(spec, target, schedule), target))
 

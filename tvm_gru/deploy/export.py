@@ -41,7 +41,7 @@ import tvm
 
 from .. import schedules, targets
 from .._version import __version__
-from ..build.sequence import compile_sequence_module, scheduled_sequence, sequence_rule
+from ..build.sequence import chosen_schedule, compile_sequence_module, scheduled_sequence, sequence_rule
 from ..build.step import scheduled_module
 from ..ops.config import StepSpec, check_weight_dtype
 from ..ops.sequence import SequenceSpec, pack_sequence_weights
@@ -289,7 +289,7 @@ def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix
                                 time_major=layer.time_major, masked=masked,
                                 zero_output_for_mask=layer.zero_output_for_mask,
                                 return_sequences=layer.return_sequences)
-            variants = [("full", rule.default_schedule(spec, target))]
+            variants = [("full", chosen_schedule(spec, target))]
             short = rule.short_schedule(spec, target)
             if short is not None:
                 variants.append(("short", short[1]))

@@ -371,10 +371,11 @@ def _search(ctx, task, bench, cost_model, trials, per_batch, report) -> int:
 
 
 @contextlib.contextmanager
-def locked(d: Path):
-    """Hold an exclusive lock on the target folder: two runs appending to one database would corrupt it."""
+def locked(d: Path, name: str = tuning_db.WORKLOADS):
+    """Hold an exclusive lock on the target folder's file ``name``: two runs appending to one database would
+    corrupt it."""
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / tuning_db.WORKLOADS, "a") as f:
+    with open(d / name, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
