@@ -177,6 +177,10 @@ def test_a_losing_or_stale_record_is_not_applied(logs, monkeypatch):
     other = _other(spec, target)
     _write(logs, target, [_record(spec, target, other, tuned_seconds=0.96e-3)])  # 4 % faster: within the margin
     assert build_sequence.chosen_schedule(spec, target) == hand
+    _write(logs, target, [_record(spec, target, other, paired_ratio=0.97)])  # fastest rounds win, paired ones not
+    assert build_sequence.chosen_schedule(spec, target) == hand
+    _write(logs, target, [_record(spec, target, other, paired_ratio=0.5)])
+    assert build_sequence.chosen_schedule(spec, target) == other
     _write(logs, target, [_record(spec, target, other, hand_kernel="12345")])  # measured against another hand kernel
     assert build_sequence.chosen_schedule(spec, target) == hand
     _write(logs, target, [{**_record(spec, target, other), "target": tuning_db.target_key(targets.resolve("aarch64"))}])
@@ -194,6 +198,7 @@ HOSTILE = {
     "flag_int": {"schedule": {"spin_barrier": 1}},
     "seconds_nan": {"tuned_seconds": float("nan")},
     "seconds_negative": {"tuned_seconds": -1.0},
+    "paired_text": {"paired_ratio": "0.5"},
     "workload_path": {"workload": "../../etc/passwd"},
 }
 

@@ -10,7 +10,9 @@
     ``steps``, ``schedule`` (the knobs), ``seconds`` (null: failed to build or run, or wrong numbers), ``time``.
 ``sequence_records.json``
     one line per tuning run: the best candidate and the hand rule re-measured interleaved by the same runner,
-    ``seconds`` (the hand rule) and ``tuned_seconds``, ``schedule`` and ``hand_schedule``, ``kernel`` and
+    ``seconds`` (the hand rule) and ``tuned_seconds`` (each the fastest of the interleaved rounds),
+    ``paired_ratio`` (the median over rounds of tuned over hand in the same round), ``schedule`` and
+    ``hand_schedule``, ``kernel`` and
     ``hand_kernel`` (structural hashes of the two scheduled kernels), ``steps``, ``trials``, ``runner``,
     ``time``. The last line for a workload and target wins.
 
@@ -20,7 +22,7 @@ with a warning naming the file and line; a damaged line is skipped with a warnin
 compile time (:func:`tuned_schedule`, called where the sequence rule picks the knobs) only when its workload
 and target are the exact ones, the hand rule still schedules this workload into the kernel it was measured
 against (``hand_kernel``), the recorded knobs still give the kernel that was timed (``kernel``), and it beat the
-hand rule by :data:`~.records.MARGIN` in the same run.
+hand rule by :data:`~.records.MARGIN` in the same run, by its fastest round and by its paired ratio (:func:`wins`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .records import MARGIN, db_dir, target_key
 log = logging.getLogger(__name__)
 
 __all__ = ["TRIALS", "RECORDS", "KNOB_BOUNDS", "schedule_refusal", "line_refusal", "read_lines", "append_line",
-           "schedule_to_json", "schedule_from_json", "kernel_hash", "chosen_record", "tuned_schedule",
+           "schedule_to_json", "schedule_from_json", "kernel_hash", "chosen_record", "tuned_schedule", "wins",
            "fingerprint"]
 
 TRIALS, RECORDS = "sequence_trials.json", "sequence_records.json"
@@ -77,7 +79,8 @@ FIELDS = {
     TRIALS: {**_COMMON, "seconds": lambda v: _seconds(v, optional=True), "error": _text(200)},
     RECORDS: {**_COMMON, "seconds": _seconds, "tuned_seconds": _seconds,
               "kernel": lambda v: isinstance(v, str) and _DIGITS.fullmatch(v) is not None,
-              "hand_schedule": lambda v: schedule_refusal(v) is None, "trials": _count, "runner": _text(200),
+              "hand_schedule": lambda v: schedule_refusal(v) is None, "paired_ratio": _seconds,
+              "trials": _count, "runner": _text(200),
               "load": lambda v: _seconds(v, optional=True) or v == 0},
 }
 REQUIRED = {TRIALS: ("workload", "target", "hand_kernel", "steps", "schedule", "seconds"),
@@ -200,7 +203,7 @@ def chosen_record(spec, target, d: Path | None = None) -> dict | None:
     if not lines:
         return None
     rec = lines[-1]
-    if not rec["tuned_seconds"] < rec["seconds"] * (1 - MARGIN):
+    if not wins(rec["seconds"], rec["tuned_seconds"], rec.get("paired_ratio")):
         return None
     try:
         schedule = schedule_from_json(rec["schedule"])
@@ -216,6 +219,13 @@ def chosen_record(spec, target, d: Path | None = None) -> dict | None:
         log.warning("tvm_gru: the sequence tuning record for %s in %s is not applicable: %s", key, d / RECORDS, err)
         return None
     return rec
+
+
+def wins(hand_seconds: float, tuned_seconds: float, paired_ratio: float | None) -> bool:
+    """Whether a record beats the hand rule by :data:`~.records.MARGIN`: by its fastest rounds and, where the
+    record has it, by the median of its per-round ratios too."""
+    paired_ok = paired_ratio is None or paired_ratio < 1 - MARGIN
+    return tuned_seconds < hand_seconds * (1 - MARGIN) and paired_ok
 
 
 _CHOSEN: dict = {}
