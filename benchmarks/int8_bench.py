@@ -13,8 +13,10 @@ cores interrupted) and the median; ratios are medians over rounds of the two pee
 * ``step``: the compiled step kernel alone (preallocated tensors), per storage dtype; the int8 kernel again on
   one core (the default schedule without its parallel loop: the compute floor of the widening inner loop); and
   onnxruntime's GRU with seq_length=1 (``session.run``, exact v1 math).
-* ``seq``: 100 steps, the same peers: the step kernel called 100 times from Python on preallocated tensors (the
-  whole-sequence kernel has no ``weight_dtype`` yet), and onnxruntime seq_length=100.
+* ``seq``: 100 steps, the same peers: the step kernel called 100 times from Python on preallocated tensors, the
+  ``tvm_gru.GRU`` layer (one call of the whole-sequence kernel, ``layer(x, initial_state=[h0])`` on (1, 100, I),
+  the last state out) per storage dtype, and onnxruntime seq_length=100. A layer row's ``f32/this`` is the float32
+  *layer* over it (a kernel row's, the float32 step kernel's).
 
 What bounds each figure: the weight bytes one step streams over the read bandwidth measured in the same run for
 an array of that size (``bench.read_bandwidth``, best of three: cache-resident when it fits), printed beside each
@@ -41,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import SEQ_LEN, V1, make_case, onnxruntime_peers, read_bandwidth, wait_until_quiet  # noqa: E402
+from bench import SEQ_LEN, V1, _gru_layer, make_case, onnxruntime_peers, read_bandwidth, wait_until_quiet  # noqa: E402
 
 SHAPES = [(1, 256, 256), (1, 512, 1024)]
 STORAGE = ("float32", "float16", "int8")
@@ -86,6 +88,16 @@ def _kernel(case, weight_dtype, serial: bool = False):
         for t in range(1, SEQ_LEN):
             fn(xs[t], hs[(t - 1) % 2], *weights, hs[t % 2])
     return step, seq
+
+
+def _layer(case, weight_dtype):
+    """100 steps of ``tvm_gru.GRU(..., weight_dtype=...)``: one whole-sequence kernel call (bench's layer peer)."""
+    import tvm_gru  # noqa: PLC0415
+
+    layer = _gru_layer(tvm_gru, case, {**V1, "weight_dtype": weight_dtype}, case.weights["v1"])
+    if layer is None:
+        raise RuntimeError(f"the {weight_dtype} layer did not run (see above)")
+    return layer
 
 
 def weight_bytes(case, weight_dtype) -> int:
@@ -138,9 +150,12 @@ def timings(shapes, rounds: int, round_s: float, threads: int) -> list:
                                               for w in STORAGE))
         kernels = {w: _kernel(case, w) for w in STORAGE}
         serial = _kernel(case, "int8", serial=True)
+        layers = {w: _layer(case, w) for w in STORAGE}
         for kind in ("step", "seq"):
             fns = {f"{w} kernel": kernels[w][0 if kind == "step" else 1] for w in STORAGE}
             fns["int8 kernel, 1 core"] = serial[0 if kind == "step" else 1]
+            if kind == "seq":
+                fns.update({f"{w} layer": layers[w] for w in STORAGE})
             fns.update(onnxruntime_peers(case, kind, threads))
             samples = time_calls(fns, rounds, round_s)
             ort = next(k for k in fns if k.startswith("onnxruntime"))
@@ -150,14 +165,15 @@ def timings(shapes, rounds: int, round_s: float, threads: int) -> list:
                 p10, med = float(np.percentile(every, 10)), float(np.median(every))
                 wdt = name.split()[0] if name.split()[0] in STORAGE else None
                 bound = steps * weight_bytes(case, wdt) / bw[wdt] * 1e6 if wdt else None
+                f32 = "float32 layer" if name.endswith(" layer") else "float32 kernel"  # the same kind of peer
                 row = {"shape": case.label, "kind": kind, "peer": name, "p10_us": round(p10, 2),
                        "median_us": round(med, 2), "calls": every.size, "rounds": rounds, "threads": threads,
                        "weight_bytes": weight_bytes(case, wdt) if wdt else "",
                        "read_GBps": round(bw[wdt] / 1e9, 1) if wdt else "",
                        "bound_us": round(bound, 2) if wdt else "",
                        "bound_over_p10": round(bound / p10, 2) if wdt else "",
-                       "f32_over_this_p10": round(_ratio(samples, "float32 kernel", name, 10), 2),
-                       "f32_over_this_median": round(_ratio(samples, "float32 kernel", name, 50), 2),
+                       "f32_over_this_p10": round(_ratio(samples, f32, name, 10), 2),
+                       "f32_over_this_median": round(_ratio(samples, f32, name, 50), 2),
                        "ort_over_this_p10": round(_ratio(samples, ort, name, 10), 2),
                        "ort_over_this_median": round(_ratio(samples, ort, name, 50), 2)}
                 rows.append(row)

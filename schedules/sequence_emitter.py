@@ -35,6 +35,9 @@ With several batch tiles (``candidate_panels``) each part first copies its rows 
 candidate tile's weights are contiguous and stay cached across the batch tiles. With ``gate_panels`` (aarch64)
 each part copies its blocks of the z/r(/h) recurrent weights tile-major, one contiguous run per k and tile.
 The barrier is the kernel's own spin barrier on x86 and aarch64 (fences per ISA, see ``SequenceEmitter.fence``).
+Weights stored narrower than the kernel dtype (``spec.weight_dtype`` float16 or int8) stay narrow in memory, panel
+copies included, and are widened as each is read in an inner loop (``SequenceEmitter.widen``); int8 products are
+multiplied by their column's scale once, in the epilogue that reads the accumulator (``SequenceEmitter.scaled``).
 With NT=1 the same code runs serially with no parallel launch (the cheapest for small sizes and single
 streamed frames). Knobs are in :class:`~.sequence_rules.SequenceSchedule`;
 :class:`~.sequence_rules.CPUSequenceRule` picks them.
@@ -82,6 +85,7 @@ class SequenceEmitter:
         self.tirx, self.T = tirx, T
         self.spec, self.sched, self.c = spec, sched, spec.config
         self.dt = spec.config.dtype
+        self.wdt = spec.storage_dtype  # of the weight matrices (and their panel copies); float16/int8: widened on read
         self.V, self.NB, self.H, self.Hp = spec.lanes, spec.blocks, spec.config.units, spec.padded_units
         self.B, self.I = spec.batch, spec.input_dim
         self.NT = sched.threads
@@ -103,6 +107,20 @@ class SequenceEmitter:
         """``buf[indices_of(v)] = value_of(v)`` for v in a V-wide vectorized loop."""
         with self.T.vectorized(0, self.V) as v:
             self.T.buffer_store(buf, value_of(v), indices_of(v))
+
+    def widen(self, weight):
+        """A weight element as the kernel dtype: a cast from float16 or int8 storage, as it is read in the inner
+        loop (LLVM turns the V-wide cast into vcvtph2ps / vpmovsxbd + vcvtdq2ps on x86, fcvtl / sxtl + scvtf on
+        aarch64); the default's TIR is unchanged (no cast), so are its tuning records' kernel hashes."""
+        return weight if self.wdt == self.dt else weight.astype(self.dt)
+
+    def scaled(self, acc, row, g, u):
+        """``acc`` (a finished sum over k of x * float(q)) times its Keras column's int8 scale: ``weight_scale[row,
+        g, u]``, row 0 the kernel's, row 1 the recurrent kernel's. Once per accumulator, after the reduction, so
+        the k loop multiplies by the raw int8 values only. Other storage dtypes: ``acc`` unchanged."""
+        if self.wdt != "int8":
+            return acc
+        return acc * self.buf["weight_scale"][row, g, u]
 
     def local(self, n):
         """A small constant-size buffer: "global" scope keeps it a stack alloca (registers after SROA)."""
@@ -247,8 +265,8 @@ class SequenceEmitter:
         arg("h0", (B, H), align=elem)
         if s.masked:
             arg("mask", (steps, B) if s.time_major else (B, steps), "uint8", align=1)
-        for name, shape in s.weight_shapes().items():
-            arg(name, shape)
+        for name, (shape, dtype) in s.weight_specs().items():
+            arg(name, shape, dtype)
         if s.input_masks:
             arg("input_mask", (s.input_masks, B, I), align=elem)
         if s.recurrent_masks:
@@ -275,9 +293,9 @@ class SequenceEmitter:
             self.buf["P"] = T.decl_buffer((2, NT, B, Hp), self.dt, scope="global")
             self.buf["RH"] = T.decl_buffer((B, Hp), self.dt, scope="global")
             if self.sched.candidate_panels:
-                self.buf["CP"] = T.decl_buffer((self.NB, self.H, self.V), self.dt, scope="global")
-        if self.sched.gate_panels:
-            self.buf["GP"] = T.decl_buffer((self.NB * self.H * self.G * self.V,), self.dt, scope="global")
+                self.buf["CP"] = T.decl_buffer((self.NB, self.H, self.V), self.wdt, scope="global")
+        if self.sched.gate_panels:  # panels are copies of the stored weights: narrow storage stays narrow
+            self.buf["GP"] = T.decl_buffer((self.NB * self.H * self.G * self.V,), self.wdt, scope="global")
         self.panels = self.steps >= self._PANEL_MIN_STEPS
 
     # ---------------------------------------------------------------- phases
@@ -496,7 +514,8 @@ class SequenceEmitter:
                         xv = shared if shared is not None else self.xin(t, b, k, g)
                         idx = slot(r, i, g)
                         self.vstore(acc, lambda v, idx=idx: [idx + v],
-                                    lambda v, idx=idx, xv=xv, g=g, i=i: acc[idx + v] + xv * W[n0 + i, k, g, v])
+                                    lambda v, idx=idx, xv=xv, g=g, i=i: acc[idx + v]
+                                    + xv * self.widen(W[n0 + i, k, g, v]))
         bias = self.buf.get("bias_packed")
         for r, (t, b) in enumerate(coords):
             for i in range(count):
@@ -505,7 +524,7 @@ class SequenceEmitter:
                     idx = slot(r, i, g)
 
                     def value(v, idx=idx, g=g, n=n):
-                        out = acc[idx + v]
+                        out = self.scaled(acc[idx + v], 0, g, n * V + v)
                         if bias is not None:
                             out = out + bias[0, g, n * V + v]
                             if c.reset_after and g < 2:  # z and r: the recurrent bias is a plain sum too
@@ -565,10 +584,12 @@ class SequenceEmitter:
                 base = slot(r, i, gi)
                 self.vstore(acc, lambda v, base=base: [base + v],
                             lambda v, base=base, h=hv[r][gi], i=i, gi=gi: acc[base + v]
-                            + h * weight(n0, count, i, k, gi, v))
+                            + h * self.widen(weight(n0, count, i, k, gi, v)))
+        # Every product here is of recurrent weights (z/r(/h) tiles, the candidate partial sums): scale row 1.
         for r, b in enumerate(batch_rows):
             for i in range(count):
-                epilogue(b, n0 + i, lambda gi, v, r=r, i=i: acc[slot(r, i, gi) + v])
+                epilogue(b, n0 + i, lambda gi, v, r=r, i=i: self.scaled(acc[slot(r, i, gi) + v], 1, gates[gi],
+                                                                        (n0 + i) * V + v))
 
     def h_masked(self, h, b, k, g):
         if self.spec.recurrent_masks:

@@ -375,10 +375,10 @@ def test_cli_weight_dtype(tmp_path, capsys):
     with np.load(out / "weights.npz") as data:
         assert str(data["kernel_packed"].dtype) == "float16"
     assert json.loads((out / METADATA).read_text())["weight_dtype"] == "float16"
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["export", "--layer", "--units", "16", "--input-dim", "8", "--weight-dtype", "float16",
-                  "--out", str(tmp_path / "layer16")])
-    assert exc.value.code == 2 and "cell artifacts only" in capsys.readouterr().err
+    # layers store their weights as float16 too (the whole-sequence kernel: test_sequence_weight_dtype.py)
+    assert cli.main(["export", "--layer", "--units", "16", "--input-dim", "8", "--weight-dtype", "float16",
+                     "--out", str(tmp_path / "layer16")]) == 0
+    assert json.loads((tmp_path / "layer16" / METADATA).read_text())["weight_dtype"] == "float16"
     with pytest.raises(SystemExit) as exc:
         cli.main(["export", "--units", "16", "--input-dim", "8", "--dtype", "float64", "--weight-dtype", "float16",
                   "--out", str(tmp_path / "f64")])

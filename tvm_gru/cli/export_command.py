@@ -207,23 +207,20 @@ def _is_model_request(args) -> bool:
 def _cli(args) -> int:
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch]
     if getattr(args, "keras", None):
-        model = Model.from_keras(args.keras, target=_target_arg(args), batch=batches)
+        model = Model.from_keras(args.keras, target=_target_arg(args), batch=batches, weight_dtype=args.weight_dtype)
         out = model.export(args.out, overwrite=args.overwrite)
     elif _is_model_request(args):
         if not args.onnx:
             raise ValueError("--model needs --onnx: a whole model is read from an ONNX file")
-        model = Model.from_onnx(args.onnx, target=_target_arg(args), batch=batches)
+        model = Model.from_onnx(args.onnx, target=_target_arg(args), batch=batches, weight_dtype=args.weight_dtype)
         out = model.export(args.out, overwrite=args.overwrite)
-    elif _is_bidirectional_request(args) or _is_layer_request(args):
-        if args.weight_dtype not in (None, "float32"):
-            raise ValueError(f"--weight-dtype {args.weight_dtype} applies to cell artifacts only; a layer artifact "
-                             "stores its weights in the layer dtype")
-        if _is_bidirectional_request(args):
-            out = export_bidirectional(_bidirectional_from_files(args), args.out, target=_target_arg(args),
-                                       batch=batches, masking=not args.no_masking, overwrite=args.overwrite)
-        else:
-            out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
-                               masking=not args.no_masking, overwrite=args.overwrite)
+    elif _is_bidirectional_request(args):
+        out = export_bidirectional(_bidirectional_from_files(args), args.out, target=_target_arg(args),
+                                   batch=batches, masking=not args.no_masking, overwrite=args.overwrite,
+                                   weight_dtype=args.weight_dtype)
+    elif _is_layer_request(args):
+        out = export_layer(_layer_from_files(args), args.out, target=_target_arg(args), batch=batches,
+                           masking=not args.no_masking, overwrite=args.overwrite, weight_dtype=args.weight_dtype)
     else:
         out = export_cell(_cell_from_files(args), args.out, target=_target_arg(args), batch=batches,
                           overwrite=args.overwrite, weight_dtype=args.weight_dtype)
@@ -258,8 +255,9 @@ def register(subparsers, add_shape_args) -> None:
     p.add_argument("--batches", help="comma-separated batch sizes to compile (default: --batch)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--weight-dtype", choices=["float32", "float16", "int8"], default=None,
-                   help="storage dtype of the cell's weight matrices (float16: half the bytes; int8: a quarter, "
-                        "symmetric per-column scales; float32 math either way; default: the cell dtype)")
+                   help="storage dtype of the GRU weight matrices of the cell, layer, both Bidirectional directions or "
+                        "every GRU of a model (float16: half the bytes; int8: a quarter, symmetric per-column scales; "
+                        "float32 math either way; default: the config's weight_dtype, else the dtype)")
     layer = p.add_argument_group("layer", "export a GRU layer (whole-sequence kernels) instead of a cell")
     layer.add_argument("--layer", action="store_true", help="export a GRU layer (implied by a GRU --config)")
     for flag in LAYER_FLAGS:

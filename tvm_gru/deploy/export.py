@@ -47,7 +47,7 @@ from ..ops.config import StepSpec, check_weight_dtype
 from ..ops.sequence import SequenceSpec, pack_sequence_weights
 from ..runtime import artifact
 from ..runtime.format import LAYER_FLAGS, file_sha256
-from ..runtime.packing import pack_weights
+from ..runtime.packing import check_storable, pack_weights
 from .destination import check_destination, publish
 from .toolchains import cuda_compile_env, export_library, runtime_libs
 
@@ -261,26 +261,28 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
 # ---------------------------------------------------------------------------------------- layers
 
 
-def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool):
+def compile_sequence_kernels(layer, batches, target, lanes: int, masking: bool, weight_dtype=None):
     """Compile the layer's whole-sequence kernels for every batch size into one module (see
     :func:`sequence_functions`). Returns ``(executable, table)``."""
-    funcs, table = sequence_functions(layer, batches, target, lanes, masking)
+    funcs, table = sequence_functions(layer, batches, target, lanes, masking, weight_dtype=weight_dtype)
     return compile_sequence_module(tvm.IRModule(funcs), target), table  # the in-process compile's passes
 
 
-def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix: str = ""):
+def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix: str = "", weight_dtype=None):
     """The scheduled whole-sequence functions of ``layer`` for every batch size, not yet compiled.
 
     Per batch B: ``seq_b{B}`` (the rule's default schedule), ``seq_b{B}_masked`` (with ``masking``), and, when
     the rule has a serial schedule for short calls (streaming), ``seq_b{B}_short`` / ``seq_b{B}_short_masked``.
     A streaming layer (stateful, last output only) also gets ``frame_b{B}``, the step kernel, where the rule runs
     single frames on it (``CPUSequenceRule.frames_on_step_kernel``).
-    Every name starts with ``prefix`` (two layers' functions in one module).
+    Every name starts with ``prefix`` (two layers' functions in one module). ``weight_dtype``: the storage dtype
+    of the weight matrices the kernels take (None: the layer's own, see :func:`layer_weight_dtype`).
     Returns ``({name: PrimFunc}, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
     """
 
 
     rule = sequence_rule(target)
+    wdt = layer_weight_dtype(layer, weight_dtype)
     funcs, table = {}, {}
     for batch in batches:
         entry = table[str(batch)] = {}
@@ -288,7 +290,7 @@ def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix
             spec = SequenceSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes,
                                 time_major=layer.time_major, masked=masked,
                                 zero_output_for_mask=layer.zero_output_for_mask,
-                                return_sequences=layer.return_sequences)
+                                return_sequences=layer.return_sequences, weight_dtype=wdt)
             variants = [("full", chosen_schedule(spec, target))]
             short = rule.short_schedule(spec, target)
             if short is not None:
@@ -302,13 +304,15 @@ def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix
                 entry[key] = name
             streams = layer.stateful and not layer.return_sequences and not layer.return_state  # DeployedGRU's frames
             if not masked and streams and rule.frames_on_step_kernel(spec, target):
-                step = StepSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes)
+                step = StepSpec(layer.cell.config, batch=batch, input_dim=layer.input_dim, lanes=lanes,
+                                weight_dtype=wdt)
                 name = entry["frame"] = f"{prefix}frame_b{batch}"
                 funcs[name] = scheduled_module(step, target)["main"].with_attr("global_symbol", name)
     return funcs, table
 
 
-def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:
+def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwrite: bool = False,
+                 weight_dtype=None) -> Path:
     """Write a deployable artifact of a built :class:`tvm_gru.GRU` layer for ``target``.
 
     The artifact holds the fused whole-sequence kernels (symbolic sequence length: any T runs without
@@ -332,6 +336,11 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
         kernel count; a ``mask`` passed to such a layer then raises.
     overwrite : bool
         Replace an existing folder at ``path``.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Storage dtype of the packed kernel and recurrent kernel in the artifact (None: the layer's
+        ``weight_dtype``, float32 by default), as for :func:`export_cell`: "int8" adds the column scales
+        ``weight_scale`` (2, 3, Hp) float32 after the bias. The metadata's ``weight_dtype`` (and its Keras config)
+        say which.
 
     Returns
     -------
@@ -342,16 +351,19 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
         raise ValueError("`export_layer` needs a built layer: call build(input_shape), set_weights or the layer "
                          "first")
     batches = batch_list(batch)
+    wdt = layer_weight_dtype(layer, weight_dtype)
+    _check_storable(layer, wdt)
     dest = check_destination(path, overwrite)
     target, family = _sequence_target(target, "a GRU layer")
     lanes = targets.lanes(target, layer.cell.config.dtype)
-    executable, table = compile_sequence_kernels(layer, batches, target, lanes, bool(masking))
-    packed = layer_weights(layer, lanes)
-    entries = layer_entries(layer, lanes, masking, table, packed)
+    executable, table = compile_sequence_kernels(layer, batches, target, lanes, bool(masking), wdt)
+    packed = layer_weights(layer, lanes, wdt)
+    entries = layer_entries(layer, lanes, masking, table, packed, wdt)
     meta = {
         "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["layer"], "kind": "layer",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batch_sizes": batches,
-        **entries, "target": target_meta(target, family), "kernel": {"library": "kernel.so", **entries["kernel"]},
+        **entries, "target": target_meta(target, family, wdt),
+        "kernel": {"library": "kernel.so", **entries["kernel"]},
     }
     return write_artifact(dest, executable, family, meta, overwrite, packed)
 
@@ -369,26 +381,44 @@ def _sequence_target(target, what: str):
     return target, family
 
 
-def layer_weights(layer, lanes: int) -> dict:
-    """The layer's weights packed for its sequence kernel, by kernel parameter name."""
+def layer_weight_dtype(layer, weight_dtype=None) -> str:
+    """The storage dtype of an exported layer's weight matrices: ``weight_dtype`` checked for the layer's dtype
+    (ValueError naming ``weight_dtype``), or, for None, the layer's own (its cell's ``weight_dtype``)."""
+    config = layer.cell.config
+    return check_weight_dtype(config.dtype, getattr(layer.cell, "weight_dtype", None) if weight_dtype is None
+                              else weight_dtype)
+
+
+def layer_weights(layer, lanes: int, weight_dtype=None) -> dict:
+    """The layer's weights packed for its sequence kernel, by kernel parameter name, the matrices stored as
+    ``weight_dtype`` (None: the layer's own)."""
     cell = layer.cell
     config = cell.config
     return pack_sequence_weights(config, cell.kernel, cell.recurrent_kernel, cell.bias if config.use_bias else None,
-                                 lanes)
+                                 lanes, layer_weight_dtype(layer, weight_dtype))
 
 
-def layer_entries(layer, lanes: int, masking: bool, table: dict, packed: dict) -> dict:
-    """The metadata entries of one exported layer: config, shapes, layer flags, Keras config and its kernel
-    functions (``table``) and weights (``packed``); a layer artifact's top level, or one direction of a
-    bidirectional artifact."""
+def _check_storable(layer, weight_dtype: str) -> None:
+    """Refuse a layer's weights that ``weight_dtype`` cannot hold (ValueError naming the matrix) before anything
+    is compiled or written (packing would refuse them too, after minutes of compiling)."""
+    check_storable(weight_dtype, {"kernel": layer.cell.kernel, "recurrent_kernel": layer.cell.recurrent_kernel})
+
+
+def layer_entries(layer, lanes: int, masking: bool, table: dict, packed: dict, weight_dtype: str) -> dict:
+    """The metadata entries of one exported layer: config, storage dtype of the weight matrices, shapes, layer
+    flags, Keras config (with ``weight_dtype`` as exported) and its kernel functions (``table``) and weights
+    (``packed``); a layer artifact's top level, or one direction of a bidirectional artifact."""
     config = layer.cell.config
     steps_first = layer.time_major
+    keras_config = {k: v for k, v in layer.get_config().items() if k != "weight_dtype"}
+    if weight_dtype != config.dtype:  # as GRU.get_config lists it: only when it is not the default
+        keras_config["weight_dtype"] = weight_dtype
     return {
         "config": config.to_dict(), "input_dim": layer.input_dim, "units": config.units, "dtype": config.dtype,
-        "lanes": lanes,
+        "weight_dtype": weight_dtype, "lanes": lanes,
         "layer": {"name": layer.name, **{flag: bool(getattr(layer, flag)) for flag in LAYER_FLAGS},
                   "masking": bool(masking)},
-        "keras_config": layer.get_config(),
+        "keras_config": keras_config,
         "shapes": {"inputs": ["time", "batch", layer.input_dim] if steps_first else ["batch", "time", layer.input_dim],
                    "mask": ["time", "batch"] if steps_first else ["batch", "time"],
                    "states": ["batch", config.units], **{n: list(a.shape) for n, a in packed.items()}},
@@ -400,13 +430,14 @@ def layer_entries(layer, lanes: int, masking: bool, table: dict, packed: dict) -
     }
 
 
-def _kernel_key(layer, lanes: int) -> tuple:
+def _kernel_key(layer, lanes: int, weight_dtype: str) -> tuple:
     """What a layer's sequence kernels depend on (the direction is a kernel argument, not part of it)."""
-    return (tuple(sorted(layer.cell.config.to_dict().items())), layer.input_dim, lanes,
+    return (tuple(sorted(layer.cell.config.to_dict().items())), layer.input_dim, lanes, weight_dtype,
             *(bool(getattr(layer, flag)) for flag in LAYER_FLAGS if flag != "go_backwards"))
 
 
-def export_bidirectional(wrapper, path, target=None, batch=1, masking: bool = True, overwrite: bool = False) -> Path:
+def export_bidirectional(wrapper, path, target=None, batch=1, masking: bool = True, overwrite: bool = False,
+                         weight_dtype=None) -> Path:
     """Write a deployable artifact of a built :class:`tvm_gru.Bidirectional` for ``target``.
 
     One folder, one kernel library: both directions' whole-sequence kernels (a single set when both directions
@@ -430,6 +461,9 @@ def export_bidirectional(wrapper, path, target=None, batch=1, masking: bool = Tr
         Also compile the masked kernels, so the deployed wrapper takes ``mask=`` (default).
     overwrite : bool
         Replace an existing folder at ``path``.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Storage dtype of both directions' weight matrices (None: each direction's own ``weight_dtype``), as for
+        :func:`export_layer`.
 
     Returns
     -------
@@ -443,26 +477,30 @@ def export_bidirectional(wrapper, path, target=None, batch=1, masking: bool = Tr
         raise ValueError("`export_bidirectional` needs a built wrapper: call build(input_shape), set_weights or the "
                          "wrapper first")
     batches = batch_list(batch)
+    dtypes = [layer_weight_dtype(layer, weight_dtype) for layer in directions]
+    for layer, wdt in zip(directions, dtypes):
+        _check_storable(layer, wdt)
     dest = check_destination(path, overwrite)
     target, family = _sequence_target(target, "a Bidirectional GRU")
     funcs, tables, parts, packed = {}, [], {}, {}
-    for side, layer in zip(("forward", "backward"), directions):
+    for side, layer, wdt in zip(("forward", "backward"), directions, dtypes):
         lanes = targets.lanes(target, layer.cell.config.dtype)
-        if tables and _kernel_key(layer, lanes) == tables[0][0]:
+        if tables and _kernel_key(layer, lanes, wdt) == tables[0][0]:
             table = tables[0][1]  # the same kernels, run with reverse=1
         else:
             own, table = sequence_functions(layer, batches, target, lanes, bool(masking),
-                                            prefix="" if not tables else f"{side}_")
+                                            prefix="" if not tables else f"{side}_", weight_dtype=wdt)
             funcs.update(own)
-        tables.append((_kernel_key(layer, lanes), table))
-        weights = layer_weights(layer, lanes)
-        parts[side] = layer_entries(layer, lanes, masking, table, weights)
+        tables.append((_kernel_key(layer, lanes, wdt), table))
+        weights = layer_weights(layer, lanes, wdt)
+        parts[side] = layer_entries(layer, lanes, masking, table, weights, wdt)
         packed.update({f"{side}.{name}": array for name, array in weights.items()})
     executable = compile_sequence_module(tvm.IRModule(funcs), target)
+    feature_dtype = "float16" if "float16" in dtypes else dtypes[0]  # the CPU features the kernels need (f16c)
     meta = {
         "format": artifact.FORMAT, "format_version": artifact.KIND_VERSIONS["bidirectional"], "kind": "bidirectional",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batch_sizes": batches,
-        "target": target_meta(target, family), "kernel": {"library": "kernel.so"},
+        "target": target_meta(target, family, feature_dtype), "kernel": {"library": "kernel.so"},
         "bidirectional": {"name": wrapper.name, "merge_mode": wrapper.merge_mode},
         "keras_config": wrapper.get_config(), **parts,
     }

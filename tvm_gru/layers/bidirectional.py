@@ -54,7 +54,8 @@ class Bidirectional(BidirectionalCalls):
     Parameters
     ----------
     layer : GRU
-        The forward direction's configuration (the wrapper holds a copy, as Keras does).
+        The forward direction's configuration (the wrapper holds a copy, as Keras does), its ``weight_dtype``
+        included: a ``GRU(..., weight_dtype="int8")`` gives both directions int8 weight storage.
     merge_mode : {"concat", "sum", "ave", "mul", None}
         How the two directions' outputs combine; None returns both.
     weights : list of arrays, optional
@@ -196,16 +197,18 @@ class Bidirectional(BidirectionalCalls):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def export(self, path, target=None, batch=1, masking=True, overwrite=False):
+    def export(self, path, target=None, batch=1, masking=True, overwrite=False, weight_dtype=None):
         """Write a deployable artifact of the wrapper (both directions' kernels in one library, their weights and
         ``merge_mode``; see :func:`tvm_gru.deploy.export.export_bidirectional`); returns its folder.
 
-        ``target`` defaults to the forward layer's target; ``batch`` is one batch size or a list of them.
+        ``target`` defaults to the forward layer's target; ``batch`` is one batch size or a list of them;
+        ``weight_dtype`` ("float32"/"float16"/"int8") the storage dtype of both directions' exported weight
+        matrices (None: each direction's own ``weight_dtype``).
         :func:`tvm_gru.load` returns a :class:`~tvm_gru.runtime.deployed_bidirectional.DeployedBidirectional`.
         """
         target = self.forward_layer.cell.target if target is None else target
         return hooks.writer("export_bidirectional")(self, path, target=target, batch=batch, masking=masking,
-                                                    overwrite=overwrite)
+                                                    overwrite=overwrite, weight_dtype=weight_dtype)
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write both directions as one ONNX GRU node with ``direction="bidirectional"``.

@@ -56,6 +56,16 @@ class GRU(SequenceLayerCalls):
     recurrent_constraint, bias_constraint, dropout, recurrent_dropout, implementation, reset_after, dtype,
     target, seed
         As for :class:`tvm_gru.GRUCell`.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Not a Keras argument: the storage dtype of the kernel and recurrent kernel the compiled kernels stream (None:
+        ``dtype``), as for :class:`tvm_gru.GRUCell` (float32 layers only for the narrow ones): "float16" rounds each
+        weight to the nearest half, "int8" quantizes each Keras column symmetrically with one float32 scale
+        (``max |column| / 127``); both are widened to float32 as they are read, inputs, states, bias, accumulation
+        and gate math stay float32. Each pre-activation of a step then moves by at most
+        ``(s_x ||x||_1 + s_h ||h||_1) / 2`` (int8; :func:`tvm_gru.runtime.packing.int8_error_bound`).
+        ``get_weights()`` returns the weights as set; ``get_config()`` lists ``weight_dtype`` only when it is not
+        the default. The whole-sequence kernel, a stateful layer's single frames (the cell's step kernel) and
+        :meth:`export` use the same storage.
     activity_regularizer : str, dict, Regularizer or None
         Penalty on the outputs of each call (divided by the batch size, as Keras does), in :attr:`losses`.
     return_sequences : bool
@@ -93,7 +103,7 @@ class GRU(SequenceLayerCalls):
                  activity_regularizer=None, kernel_constraint=None, recurrent_constraint=None, bias_constraint=None,
                  dropout=0.0, recurrent_dropout=0.0, implementation=1, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, unroll=False, reset_after=False, time_major=False,
-                 zero_output_for_mask=False, dtype="float32", target=None, seed=None, name=None):
+                 zero_output_for_mask=False, dtype="float32", target=None, seed=None, name=None, weight_dtype=None):
         self.cell = GRUCell(units, activation=activation, recurrent_activation=recurrent_activation,
                             use_bias=use_bias, kernel_initializer=kernel_initializer,
                             recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
@@ -101,7 +111,8 @@ class GRU(SequenceLayerCalls):
                             bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
                             recurrent_constraint=recurrent_constraint, bias_constraint=bias_constraint,
                             dropout=dropout, recurrent_dropout=recurrent_dropout, implementation=implementation,
-                            reset_after=reset_after, dtype=dtype, target=target, seed=seed, name="gru_cell")
+                            reset_after=reset_after, dtype=dtype, target=target, seed=seed, name="gru_cell",
+                            weight_dtype=weight_dtype)
         flags = dict(return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards,
                      stateful=stateful, unroll=unroll, time_major=time_major,
                      zero_output_for_mask=zero_output_for_mask)
@@ -136,6 +147,7 @@ class GRU(SequenceLayerCalls):
     dropout = _from_cell("dropout", "the input dropout rate")
     recurrent_dropout = _from_cell("recurrent_dropout", "the recurrent dropout rate")
     dtype = _from_cell("dtype", "the compute dtype")
+    weight_dtype = _from_cell("weight_dtype", "the storage dtype of the kernel and recurrent kernel")
     kernel_initializer = _from_cell("kernel_initializer", "its Keras initializer object")
     recurrent_initializer = _from_cell("recurrent_initializer", "its Keras initializer object")
     bias_initializer = _from_cell("bias_initializer", "its Keras initializer object")
@@ -200,7 +212,7 @@ class GRU(SequenceLayerCalls):
     def _repack(self) -> None:
         cell = self.cell
         self._packed = pack_sequence_weights(cell.config, cell.kernel, cell.recurrent_kernel, cell.bias,
-                                             cell.lanes)
+                                             cell.lanes, cell.weight_dtype)
         self._packed_src = (cell.kernel, cell.recurrent_kernel, cell.bias)
         for runner in self._runners.values():
             runner.set_weights(self._packed)
@@ -262,14 +274,17 @@ class GRU(SequenceLayerCalls):
             self._states = [current, np.zeros_like(current)]
         self._activity_losses = list(state["activity_losses"])
 
-    def export(self, path, target=None, batch=1, masking=True, overwrite=False):
+    def export(self, path, target=None, batch=1, masking=True, overwrite=False, weight_dtype=None):
         """Write a deployable artifact of this layer (see :func:`tvm_gru.deploy.export.export_layer`); returns its
         folder.
 
-        ``target`` defaults to the layer's own target; ``batch`` is one batch size or a list of them.
+        ``target`` defaults to the layer's own target; ``batch`` is one batch size or a list of them;
+        ``weight_dtype`` ("float32"/"float16"/"int8") the storage dtype of the exported weight matrices (None: the
+        layer's own ``weight_dtype``).
         """
         return hooks.writer("export_layer")(self, path, target=self.cell.target if target is None else target,
-                                            batch=batch, masking=masking, overwrite=overwrite)
+                                            batch=batch, masking=masking, overwrite=overwrite,
+                                            weight_dtype=weight_dtype)
 
     def to_onnx(self, path=None, opset: int = 14, batch=None):
         """Write the layer as one ONNX GRU node (see :func:`tvm_gru.interop.onnx_export.layer_to_onnx`)."""
@@ -355,7 +370,7 @@ class GRU(SequenceLayerCalls):
                                 zero_output_for_mask=self.zero_output_for_mask,
                                 return_sequences=self.return_sequences,
                                 input_masks=masks[0].shape[0] if masks else 0,
-                                recurrent_masks=3 if len(masks) == 2 else 0)
+                                recurrent_masks=3 if len(masks) == 2 else 0, weight_dtype=self.cell.weight_dtype)
             runner = _Runner(self, spec, self._packed)
             self._runners[key] = runner
         return runner
@@ -364,7 +379,8 @@ class GRU(SequenceLayerCalls):
         c = self.cell.config
         return (f"GRU(units={c.units}, activation={c.activation!r}, recurrent_activation={c.recurrent_activation!r}, "
                 f"reset_after={c.reset_after}, return_sequences={self.return_sequences}, "
-                f"return_state={self.return_state}, go_backwards={self.go_backwards}, stateful={self.stateful})")
+                f"return_state={self.return_state}, go_backwards={self.go_backwards}, stateful={self.stateful}"
+                + (f", weight_dtype={self.weight_dtype!r}" if self.weight_dtype != c.dtype else "") + ")")
 
 
 

@@ -39,6 +39,7 @@ from ..interop.onnx_io import external_tensor, load_model
 from ..relax import compile as relax_compile
 from ..relax import from_onnx as relax_from_onnx
 from ..relax.keras_frontend import KerasGraph
+from ..relax.lowering import check_gru_weight_dtype
 from ..relax.torch_frontend import export_torch, from_exported_program
 from ..runtime import artifact
 from ..runtime.deployed_model import VM_PROVIDES, ModelCalls, ModelSignature, create_vm
@@ -176,9 +177,10 @@ def _bind_batch(model, name: str, size: int):
 
 
 # ---------------------------------------------------------------------------------------- the TVM side
-def _import(model, target):
-    """The Relax IRModule of ``model`` (its ``main``), GRU nodes lowered to tvm_gru kernels."""
-    return relax_from_onnx(model, target=target)
+def _import(model, target, weight_dtype=None):
+    """The Relax IRModule of ``model`` (its ``main``), GRU nodes lowered to tvm_gru kernels whose weight matrices
+    are stored as ``weight_dtype``."""
+    return relax_from_onnx(model, target=target, weight_dtype=weight_dtype)
 
 
 def _rename_globals(func, mapping: dict):
@@ -275,13 +277,13 @@ def _cpu_family(target, action: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- Model
-def _build_onnx(onnx_model, inputs: list, batch_dim, batch_sizes, target) -> tuple:
+def _build_onnx(onnx_model, inputs: list, batch_dim, batch_sizes, weight_dtype, target) -> tuple:
     """(metadata signature, VM executable) of the model compiled for ``target``."""
     if batch_sizes is None:
         bound = {ANY_BATCH: onnx_model}
     else:
         bound = {b: _bind_batch(onnx_model, batch_dim, b) for b in batch_sizes}
-    modules = {b: _import(m, target) for b, m in bound.items()}
+    modules = {b: _import(m, target, weight_dtype) for b, m in bound.items()}
     first = next(iter(bound))
     for mod in modules.values():
         _check_params(mod["main"], inputs)
@@ -294,10 +296,10 @@ def _build_onnx(onnx_model, inputs: list, batch_dim, batch_sizes, target) -> tup
     return meta, relax_compile(merge_batches(modules), target)
 
 
-def _build_keras(graph, batch_sizes, target) -> tuple:
+def _build_keras(graph, batch_sizes, weight_dtype, target) -> tuple:
     """(metadata signature, VM executable) of a Keras model (:class:`tvm_gru.relax.keras_frontend.KerasGraph`)
     compiled for ``target``, one function per batch size."""
-    modules = {b: graph.module(b, target) for b in batch_sizes}
+    modules = {b: graph.module(b, target, weight_dtype) for b in batch_sizes}
     inputs = [{"name": t["name"], "shape": ["batch", *t["shape"]], "dtype": t["dtype"]} for t in graph.inputs]
     for spec in inputs:  # ids of an Embedding: checked by the call (ModelCalls), as TF checks them
         if spec["name"] in graph.index_ranges:
@@ -339,17 +341,19 @@ class Model(ModelSignature):
     graph order, the array itself when the graph has one output. Symbolic dimensions take any size (the same
     size wherever a name repeats); the batch takes the sizes compiled for (:attr:`batch_sizes`; None: any).
     """
-    def __init__(self, build, target):
+    def __init__(self, build, target, weight_dtype=None):
         """Use :meth:`from_onnx` or :meth:`from_torch`. ``build(target)`` -> (the metadata signature: inputs,
-        outputs, batch_dim, batch_sizes, kernel; the VM executable) of the model compiled for ``target``."""
-        self._build, self.target = build, target
+        outputs, batch_dim, batch_sizes, kernel; the VM executable) of the model compiled for ``target``;
+        ``weight_dtype`` the storage dtype its GRU kernels were built with (None: float32)."""
+        self._build, self.target, self.weight_dtype = build, target, weight_dtype
         self._executables: dict = {}
         meta, executable = self._executable(target)
         super().__init__(meta)
         self._calls = ModelCalls(meta, create_vm(executable.mod)) if targets.runs_here(target) else None
 
     @classmethod
-    def from_onnx(cls, model_or_path, target=None, batch=None, input_shapes=None, batch_dim=None) -> Model:
+    def from_onnx(cls, model_or_path, target=None, batch=None, input_shapes=None, batch_dim=None,
+                  weight_dtype=None) -> Model:
         """Import and compile an ONNX model.
 
         Parameters
@@ -368,17 +372,24 @@ class Model(ModelSignature):
         batch_dim : str, optional
             The symbolic dimension that is the batch. Default: one named like a batch ("batch", "N", ...), else
             axis 0 of the first input when it is symbolic.
+        weight_dtype : None, "float32", "float16" or "int8"
+            Storage dtype of every GRU's weight matrices (None: float32): "float16" halves the bytes its kernels
+            stream, "int8" quarters them (symmetric per Keras column, one float32 scale each); both are widened to
+            float32 in the kernels' inner loops, states and gate math stay float32 (error bound:
+            :func:`tvm_gru.runtime.packing.int8_error_bound`). The graph's other ops are unchanged.
 
         Raises
         ------
         ValueError
             A graph input without a shape and no ``input_shapes`` entry, ``input_shapes`` naming no input,
-            ``batch`` given for a graph without a symbolic batch dimension, a CUDA target.
+            ``batch`` given for a graph without a symbolic batch dimension, a CUDA target, a ``weight_dtype``
+            that is not a storage dtype (or one a float64 GRU cannot use).
         NotImplementedError
             A GRU node while ``tvm_gru.relax`` is not available.
         """
         target = targets.resolve(target)
         _cpu_family(target, "compile")
+        weight_dtype = check_gru_weight_dtype(weight_dtype)
         onnx_model = _read_model(model_or_path)
         inputs = _graph_inputs(onnx_model, input_shapes)
         dim = _batch_dim(inputs, batch_dim)
@@ -389,20 +400,23 @@ class Model(ModelSignature):
                 raise ValueError(f"`batch={batch!r}` needs a symbolic batch dimension; the inputs are "
                                  f"{[(t['name'], t['shape']) for t in inputs]} (name one with batch_dim=, or make "
                                  "one symbolic with input_shapes=)")
-        return cls(functools.partial(_build_onnx, onnx_model, inputs, dim, batches), target)
+        return cls(functools.partial(_build_onnx, onnx_model, inputs, dim, batches, weight_dtype), target,
+                   weight_dtype)
 
     @classmethod
-    def from_torch(cls, module_or_exported_program, example_inputs=None, target=None) -> Model:
+    def from_torch(cls, module_or_exported_program, example_inputs=None, target=None, weight_dtype=None) -> Model:
         """Import and compile a PyTorch model (``torch.nn.Module`` with ``example_inputs``, or a
         ``torch.export.ExportedProgram``) through ``torch.export`` and :func:`tvm_gru.relax.from_exported_program`
         (every ``nn.GRU`` lowered to tvm_gru's kernel). Shapes are static (the example's: ``torch.export``
         specialises the sequence length of ``nn.GRU``); outputs are named ``output_0``, ``output_1``, ...
-        Called like a model from :meth:`from_onnx`; :meth:`export` works the same."""
+        Called like a model from :meth:`from_onnx`; :meth:`export` works the same; ``weight_dtype`` as for
+        :meth:`from_onnx`."""
         target = targets.resolve(target)
         _cpu_family(target, "compile")
+        weight_dtype = check_gru_weight_dtype(weight_dtype)
         ep, inputs = export_torch(module_or_exported_program, example_inputs)
         def build(build_target):
-            mod = from_exported_program(ep, target=build_target)
+            mod = from_exported_program(ep, target=build_target, weight_dtype=weight_dtype)
             main = mod["main"]
             _check_params(main, inputs)
             outputs = [{"name": f"output_{i}", "dtype": str(ty.dtype),
@@ -412,10 +426,10 @@ class Model(ModelSignature):
                     "kernel": {"library": "model.so", "functions": {ANY_BATCH: "main"}}}
             return meta, relax_compile(merge_batches({ANY_BATCH: mod}), build_target)
 
-        return cls(build, target)
+        return cls(build, target, weight_dtype)
 
     @classmethod
-    def from_keras(cls, path, target=None, batch=None) -> Model:
+    def from_keras(cls, path, target=None, batch=None, weight_dtype=None) -> Model:
         """Import and compile a saved Keras model (tf_keras 2.x ``.h5`` or ``.keras``), without TensorFlow.
 
         The model's graph (Sequential or Functional) becomes one Relax function: GRU-family layers (``GRU`` v1 and
@@ -433,6 +447,9 @@ class Model(ModelSignature):
             As for :meth:`from_onnx` (CPU targets).
         batch : None, int or sequence of int
             The batch sizes to compile for (one function per size); None: the model's fixed batch size, else 1.
+        weight_dtype : None, "float32", "float16" or "int8"
+            Storage dtype of the GRU-family layers' weight matrices in the compiled model, as for
+            :meth:`from_onnx` (:meth:`get_layer` returns the layers with the file's float32 weights).
 
         Raises
         ------
@@ -442,9 +459,10 @@ class Model(ModelSignature):
         """
         target = targets.resolve(target)
         _cpu_family(target, "compile")
+        weight_dtype = check_gru_weight_dtype(weight_dtype)
         graph = KerasGraph(read_keras(path), target=target)
         batches = _keras_batches(graph, batch)
-        model = cls(functools.partial(_build_keras, graph, batches), target)
+        model = cls(functools.partial(_build_keras, graph, batches, weight_dtype), target, weight_dtype)
         model._keras_layers = graph.layers
         return model
 
@@ -482,7 +500,8 @@ class Model(ModelSignature):
     def __repr__(self):
         sig = ", ".join(f"{t['name']}: {t['dtype']}{tuple(t['shape'])}" for t in self._inputs)
         batch = "any batch" if self._batch_sizes is None else f"batch {self._batch_sizes}"
-        return f"<Model ({sig}) -> {self.output_names}, {batch}, {targets.family(self.target)}>"
+        storage = "" if self.weight_dtype in (None, "float32") else f", GRU weights {self.weight_dtype}"
+        return f"<Model ({sig}) -> {self.output_names}, {batch}, {targets.family(self.target)}{storage}>"
 
     # ------------------------------------------------------------------ export
     def export(self, path, target=None, overwrite: bool = False) -> Path:
@@ -509,9 +528,11 @@ class Model(ModelSignature):
         family = _cpu_family(target, "export")
         dest = check_destination(path, overwrite)
         signature, executable = self._executable(target)
+        wdt = self.weight_dtype or "float32"
         meta = {"format": artifact.FORMAT, "format_version": KIND_VERSIONS["model"], "kind": "model",
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **signature,
-                "target": target_meta(target, family)}
+                "gru_weight_dtype": wdt,  # informative: the GRU kernels' storage (constants are in the library)
+                "target": target_meta(target, family, wdt)}
         return write_artifact(dest, executable, family, meta, overwrite, runtime=_model_runtime_libs)
 
 

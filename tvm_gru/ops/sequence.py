@@ -13,6 +13,9 @@ This module holds the "what": :class:`SequenceSpec` (everything a kernel is spec
 weight layout, the parameter list, and the gate math as TIR expressions. How the loops are tiled,
 vectorised and split over cores is the schedule's business (:mod:`tvm_gru.schedules`).
 
+The weight matrices may be stored as float16 or int8 (``SequenceSpec.weight_dtype``, packed by the step kernel's
+mechanism: :func:`tvm_gru.runtime.packing.storage_matrices`); everything else stays in the cell dtype.
+
 Masking follows Keras ``backend.rnn``: a masked step keeps the previous state; its output is the previous
 *output* (zeros before the first unmasked step), or zeros with ``zero_output_for_mask``.
 """
@@ -24,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..runtime.buffers import aligned_empty
-from ..runtime.packing import pack_bias, pack_matrix
+from ..runtime.packing import pack_bias, pack_matrix, scales_packed, storage_matrices
 from . import activations
-from .config import GRUConfig
+from .config import GRUConfig, check_weight_dtype
 
 __all__ = ["SequenceSpec", "pack_sequence_weights", "GateMath", "padded_recurrent_mask"]
 
@@ -53,14 +56,20 @@ class SequenceSpec:
     input_masks, recurrent_masks : int
         Training dropout masks: 0, 1 (implementation 2) or 3 input masks (M, B, I); 0 or 3 recurrent masks
         (3, B, Hp) (padded to the packed width).
+    weight_dtype : str or None
+        Storage dtype of the packed kernel and recurrent kernel (as :class:`~tvm_gru.ops.config.StepSpec`'s):
+        None (normalised from ``config.dtype``) the cell dtype; "float16" half precision, widened to float32 as
+        each weight is read; "int8" symmetric per Keras column (:func:`tvm_gru.runtime.packing.quantize_int8`),
+        widened the same way, each finished product multiplied by its column's scale (``weight_scale``) once.
+        Inputs, states, bias, accumulation and gate math stay in the cell dtype.
 
     Notes
     -----
     The kernel's arguments, in order: ``x``, ``h0`` (B, H), [``mask``], the packed weights of
-    :meth:`weight_shapes` in their order, [``input_mask``], [``recurrent_mask``], [``sequence``] (outputs of
-    every step, in processing order), ``last`` (B, H) (the last output), ``state`` (B, H) (the final state),
-    and ``reverse`` (int: nonzero processes the sequence backwards, as ``go_backwards``). User arrays need
-    only be element-aligned; ``T`` is read from ``x``.
+    :meth:`weight_shapes` in their order (``weight_scale`` last when the weights are int8), [``input_mask``],
+    [``recurrent_mask``], [``sequence``] (outputs of every step, in processing order), ``last`` (B, H) (the last
+    output), ``state`` (B, H) (the final state), and ``reverse`` (int: nonzero processes the sequence backwards, as
+    ``go_backwards``). User arrays need only be element-aligned; ``T`` is read from ``x``.
     """
 
     config: GRUConfig
@@ -73,6 +82,17 @@ class SequenceSpec:
     return_sequences: bool = True
     input_masks: int = 0
     recurrent_masks: int = 0
+    weight_dtype: str | None = None
+
+    def __post_init__(self):
+        name = check_weight_dtype(self.config.dtype, self.weight_dtype)
+        # one spelling for the default, so equal kernels compare and hash equal (and keep their keys)
+        object.__setattr__(self, "weight_dtype", None if name == self.config.dtype else name)
+
+    @property
+    def storage_dtype(self) -> str:
+        """The dtype the packed kernel and recurrent kernel are stored in."""
+        return self.weight_dtype or self.config.dtype
 
     @property
     def blocks(self) -> int:
@@ -88,44 +108,64 @@ class SequenceSpec:
         return (f"seq-H{c.units}-I{self.input_dim}-B{self.batch}-{c.dtype}-{c.activation}-{c.recurrent_activation}"
                 f"-bias{int(c.use_bias)}-ra{int(c.reset_after)}-V{self.lanes}-tm{int(self.time_major)}"
                 f"-m{int(self.masked)}{int(self.zero_output_for_mask)}-rs{int(self.return_sequences)}"
-                f"-mx{self.input_masks}-mh{self.recurrent_masks}")
+                f"-mx{self.input_masks}-mh{self.recurrent_masks}"
+                + (f"-w{self.weight_dtype}" if self.weight_dtype else ""))  # the default's keys (records) unchanged
 
     def weight_shapes(self) -> dict:
-        """Packed weight parameter shapes by name (see :func:`pack_sequence_weights`)."""
+        """Packed weight parameter shapes by name, in kernel order (see :func:`pack_sequence_weights`)."""
+        return {name: shape for name, (shape, _) in self.weight_specs().items()}
+
+    def weight_specs(self) -> dict:
+        """``{name: (shape, dtype)}`` of the packed weight parameters, in kernel order: the matrices in
+        :attr:`storage_dtype`, the bias and (int8) the column scales ``weight_scale`` (2, 3, Hp) in the cell
+        dtype."""
         c, nb, v, i, h = self.config, self.blocks, self.lanes, self.input_dim, self.config.units
-        out = {"kernel_packed": (nb, i, 3, v)}
+        wdt, dt = self.storage_dtype, c.dtype
+        out = {"kernel_packed": ((nb, i, 3, v), wdt)}
         if c.reset_after:
-            out["recurrent_packed"] = (nb, h, 3, v)
+            out["recurrent_packed"] = ((nb, h, 3, v), wdt)
         else:
-            out["recurrent_packed"] = (nb, h, 2, v)
-            out["candidate_packed"] = (h, nb, v)
+            out["recurrent_packed"] = ((nb, h, 2, v), wdt)
+            out["candidate_packed"] = ((h, nb, v), wdt)
         if c.use_bias:
-            out["bias_packed"] = (2, 3, nb * v)
+            out["bias_packed"] = ((2, 3, nb * v), dt)
+        if wdt == "int8":
+            out["weight_scale"] = ((2, 3, nb * v), dt)
         return out
 
 
-def pack_sequence_weights(config: GRUConfig, kernel, recurrent_kernel, bias, lanes: int) -> dict:
-    """Keras weights -> the packed arrays of a sequence kernel, by parameter name (64-byte aligned).
+def pack_sequence_weights(config: GRUConfig, kernel, recurrent_kernel, bias, lanes: int, weight_dtype=None) -> dict:
+    """Keras weights -> the packed arrays of a sequence kernel, by parameter name, in kernel order (64-byte aligned).
 
     ``kernel_packed[n, k, g, v] = kernel[k, g*H + n*V + v]`` (NB, I, 3, V): one block of V units of all
     three gates is one contiguous run per k, for the GEMM and the z/r(/h) recurrent products alike.
     With reset_after=False the candidate's recurrent columns are a separate array ``R_h`` (H, NB, V), row-major
     as Keras holds it (zero-padded to Hp columns): its product is split over the *input* units, so each part
     reads whole contiguous rows. The bias is (2, 3, Hp): input row, recurrent row.
+
+    ``weight_dtype`` (None: ``config.dtype``; see :class:`SequenceSpec`): the storage dtype of the three matrix
+    arrays, prepared by the step kernel's packer (:func:`tvm_gru.runtime.packing.storage_matrices`: float16
+    rounded to nearest, int8 quantized per Keras column); with "int8" the column scales follow the bias as
+    ``weight_scale`` (2, 3, Hp), row 0 the kernel's, row 1 the recurrent kernel's (the same arrays a step kernel
+    takes). ValueError naming the matrix when the weights do not fit the dtype (nothing is packed).
     """
     h, dt = config.units, config.dtype
-    out = {"kernel_packed": pack_matrix(kernel, h, lanes, dt, (0, 1, 2), fused=True)}
+    wdt, sources, scales = storage_matrices(config, kernel, recurrent_kernel, weight_dtype)
+    recurrent = sources["recurrent_kernel"]
+    out = {"kernel_packed": pack_matrix(sources["kernel"], h, lanes, wdt, (0, 1, 2), fused=True)}
     if config.reset_after:
-        out["recurrent_packed"] = pack_matrix(recurrent_kernel, h, lanes, dt, (0, 1, 2), fused=True)
+        out["recurrent_packed"] = pack_matrix(recurrent, h, lanes, wdt, (0, 1, 2), fused=True)
     else:
-        out["recurrent_packed"] = pack_matrix(recurrent_kernel, h, lanes, dt, (0, 1), fused=True)
+        out["recurrent_packed"] = pack_matrix(recurrent, h, lanes, wdt, (0, 1), fused=True)
         nb = -(-h // lanes)
-        cand = aligned_empty((h, nb, lanes), dt)
+        cand = aligned_empty((h, nb, lanes), wdt)
         cand[...] = 0
-        cand.reshape(h, nb * lanes)[:, :h] = np.asarray(recurrent_kernel)[:, 2 * h:]
+        cand.reshape(h, nb * lanes)[:, :h] = np.asarray(recurrent)[:, 2 * h:]
         out["candidate_packed"] = cand
     if config.use_bias:
         out["bias_packed"] = pack_bias(bias, h, lanes, dt)
+    if scales is not None:
+        out["weight_scale"] = scales_packed(scales, config, lanes)
     return out
 
 

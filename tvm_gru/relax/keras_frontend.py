@@ -240,11 +240,13 @@ class KerasGraph:
         return layer
 
     # ------------------------------------------------------------------ Relax
-    def module(self, batch: int, target):
+    def module(self, batch: int, target, weight_dtype=None):
         """The Relax module (``main``) of the model for inputs of batch size ``batch``, its kernels scheduled for
-        ``target``. ``main`` takes the inputs in model order and returns the output (a tuple for several)."""
+        ``target``. ``main`` takes the inputs in model order and returns the output (a tuple for several).
+        ``weight_dtype``: the storage dtype of the GRU kernels' weight matrices (None: each layer's own; see
+        :class:`~.lowering.SequenceKernels`)."""
         bb = relax.BlockBuilder()
-        ctx = keras_layers.Context(bb, SequenceKernels(bb, target), self.file.weights, self.layers)
+        ctx = keras_layers.Context(bb, SequenceKernels(bb, target, weight_dtype), self.file.weights, self.layers)
         params = []
         values = {}  # (layer, node index) -> (outputs, masks)
         for spec in self.inputs:

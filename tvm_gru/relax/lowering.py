@@ -18,9 +18,17 @@ from tvm import relax, te, tirx
 from .. import targets
 from ..build.sequence import scheduled_sequence
 from ..layers.bidirectional import Bidirectional
+from ..ops.config import check_weight_dtype
 from ..ops.sequence import SequenceSpec, pack_sequence_weights
 
-__all__ = ["SequenceKernels", "emit_direction", "emit_lengths_mask", "emit_onnx_gru", "static_dim"]
+__all__ = ["SequenceKernels", "emit_direction", "emit_lengths_mask", "emit_onnx_gru", "static_dim",
+           "check_gru_weight_dtype"]
+
+
+def check_gru_weight_dtype(weight_dtype) -> str | None:
+    """A module-wide GRU ``weight_dtype``, checked before anything is imported: None, or a storage dtype of a float32
+    GRU (ValueError naming the argument otherwise; a float64 GRU refuses a narrow one when it is emitted)."""
+    return None if weight_dtype is None else check_weight_dtype("float32", weight_dtype)
 
 
 def static_dim(shape, axis: int, what: str) -> int:
@@ -64,11 +72,23 @@ class SequenceKernels:
     bb : relax.BlockBuilder
     target : tvm.target.Target
         The kernels' schedules are chosen for it (CPU targets: x86, aarch64); compile the module for it.
+    weight_dtype : None, "float32", "float16" or "int8"
+        The storage dtype of every GRU's weight matrices in this module (the packed constants and the kernels that
+        widen them; see :class:`tvm_gru.ops.sequence.SequenceSpec`); None: each layer's own ``weight_dtype``. Only
+        the GRU kernels change: the module's other ops keep their float32 constants.
     """
-    def __init__(self, bb, target):
+    def __init__(self, bb, target, weight_dtype=None):
         self.bb = bb
         self.target = target
+        self.weight_dtype = check_gru_weight_dtype(weight_dtype)  # and against each layer's dtype when emitted
         self._added = {}
+
+    def storage_dtype(self, layer) -> str:
+        """The storage dtype of ``layer``'s weight matrices in this module (ValueError naming ``weight_dtype`` when
+        the layer's dtype cannot store its weights so)."""
+        config = layer.cell.config
+        wanted = layer.cell.weight_dtype if self.weight_dtype is None else self.weight_dtype
+        return check_weight_dtype(config.dtype, wanted)
 
     def get(self, spec):
         """The GlobalVar of the kernel for ``spec``."""
@@ -128,9 +148,11 @@ def emit_direction(kernels: SequenceKernels, layer, x, h0=None, mask=None, *, re
         raise ValueError(f"{what} has input size {input_dim}; the GRU weights expect {kernel.shape[0]}")
     units = config.units
     lanes = targets.lanes(kernels.target, config.dtype)
+    wdt = kernels.storage_dtype(layer)
     spec = SequenceSpec(config, batch, input_dim, lanes, time_major=time_major, masked=mask is not None,
-                        zero_output_for_mask=zero_output_for_mask, return_sequences=return_sequences)
-    packed = pack_sequence_weights(config, kernel, recurrent_kernel, bias[0] if bias else None, lanes)
+                        zero_output_for_mask=zero_output_for_mask, return_sequences=return_sequences,
+                        weight_dtype=wdt)
+    packed = pack_sequence_weights(config, kernel, recurrent_kernel, bias[0] if bias else None, lanes, wdt)
     weights = [relax.const(np.ascontiguousarray(packed[name])) for name in spec.weight_shapes()]
     if h0 is None:
         h0 = relax.const(np.zeros((batch, units), config.dtype))

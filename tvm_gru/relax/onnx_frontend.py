@@ -60,12 +60,15 @@ class GRUGraphImporter(ONNXGraphImporter):
         The target the kernels are scheduled for.
     shape_dict, dtype_dict, keep_params_in_input, sanitize
         As for ``ONNXGraphImporter``.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Storage dtype of the GRU kernels' weight matrices (:class:`~.lowering.SequenceKernels`).
     """
-    def __init__(self, model, target, shape_dict, dtype_dict, keep_params_in_input=False, sanitize=True):
+    def __init__(self, model, target, shape_dict, dtype_dict, keep_params_in_input=False, sanitize=True,
+                 weight_dtype=None):
         super().__init__(shape_dict, dtype_dict, keep_params_in_input=keep_params_in_input, sanitize=sanitize)
         self._model = model
         self._target = target
-        self._kernels = SequenceKernels(self.bb, target)
+        self._kernels = SequenceKernels(self.bb, target, weight_dtype)
         self._pending = deque()  # (node, layer, want_y) for the graph's GRU nodes, in graph order
 
     def _check_for_unsupported_ops(self, graph):
@@ -120,7 +123,7 @@ class GRUGraphImporter(ONNXGraphImporter):
 
 
 def from_onnx(model, shape_dict=None, dtype_dict="float32", opset=None, keep_params_in_input=False,
-              sanitize_input_names=True, *, target=None):
+              sanitize_input_names=True, *, target=None, weight_dtype=None):
     """``tvm.relax.frontend.onnx.from_onnx`` (same parameters), with every ``GRU`` node lowered to tvm_gru's fused
     whole-sequence kernel for ``target``.
 
@@ -134,6 +137,10 @@ def from_onnx(model, shape_dict=None, dtype_dict="float32", opset=None, keep_par
     target : None, str, dict or tvm.target.Target
         Where the module will run (:func:`tvm_gru.targets.resolve`; None = this machine's CPU). The kernels are
         scheduled for it: compile with :func:`tvm_gru.relax.compile` for the same target.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Storage dtype of every GRU's weight matrices (None: float32): "float16" halves the bytes the kernels
+        stream, "int8" quarters them (symmetric per Keras column, one float32 scale each); both are widened to
+        float32 in the kernels' inner loops. The graph's other ops and their constants are unchanged.
 
     Returns
     -------
@@ -142,7 +149,8 @@ def from_onnx(model, shape_dict=None, dtype_dict="float32", opset=None, keep_par
     Raises
     ------
     ValueError
-        For a GRU node tvm_gru cannot represent (the message of :func:`tvm_gru.interop.onnx_io.from_onnx`), a
+        For a ``weight_dtype`` that is not a storage dtype (or one a float64 GRU cannot use), for a GRU node
+        tvm_gru cannot represent (the message of :func:`tvm_gru.interop.onnx_io.from_onnx`), a
         symbolic batch or input size, a GRU inside a subgraph.
     """
     if not isinstance(model, onnx.ModelProto):
@@ -155,7 +163,7 @@ def from_onnx(model, shape_dict=None, dtype_dict="float32", opset=None, keep_par
         warnings.warn(str(exception), stacklevel=2)
     target = targets.resolve(target)
     importer = GRUGraphImporter(model, target, shape_dict, dtype_dict, keep_params_in_input=keep_params_in_input,
-                                sanitize=sanitize_input_names)
+                                sanitize=sanitize_input_names, weight_dtype=weight_dtype)
     opset_in_model = next((o.version for o in model.opset_import if o.domain in _ONNX_DOMAINS), 1)
     if opset is None:
         opset = opset_in_model

@@ -30,7 +30,7 @@ from tvm import relax
 
 from .. import targets
 from ..layers.gru import GRU
-from .lowering import SequenceKernels, emit_direction, select, static_dim, tensor_shape
+from .lowering import SequenceKernels, check_gru_weight_dtype, emit_direction, select, static_dim, tensor_shape
 
 __all__ = ["torch_convert_map", "decomposition_table", "from_exported_program", "torch_gru_weights"]
 
@@ -86,7 +86,7 @@ def _ep_tensors(exported_program) -> dict:
     return out
 
 
-def torch_convert_map(target=None, exported_program=None) -> dict:
+def torch_convert_map(target=None, exported_program=None, weight_dtype=None) -> dict:
     """``{"gru.input": converter}`` for ``tvm.relax.frontend.torch.from_exported_program(ep,
     custom_convert_map=..., run_ep_decomposition=False)`` (decompose ``ep`` with :func:`decomposition_table`
     first, or use :func:`from_exported_program`, which does both).
@@ -100,6 +100,8 @@ def torch_convert_map(target=None, exported_program=None) -> dict:
         The program being imported (after decomposition): the GRU weights are read from it. Needed when the
         weights are lifted parameters (the normal case with ``torch.export``); without it such a GRU is refused
         with a ValueError.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Storage dtype of the GRU kernels' weight matrices (:class:`~.lowering.SequenceKernels`; None: float32).
 
     The converter handles any ``num_layers``, ``bidirectional``, ``batch_first``, ``bias=False`` and ``hx``;
     ``train=True`` with ``dropout > 0`` is refused (inference only). Batch and input sizes must be static.
@@ -111,6 +113,7 @@ def torch_convert_map(target=None, exported_program=None) -> dict:
     """
 
     target = targets.resolve(target)
+    weight_dtype = check_gru_weight_dtype(weight_dtype)  # refused now, not at the first GRU
     tensors = None if exported_program is None else _ep_tensors(exported_program)
     state = {}  # one SequenceKernels per BlockBuilder
 
@@ -118,7 +121,7 @@ def torch_convert_map(target=None, exported_program=None) -> dict:
 
         bb = importer.block_builder
         if state.get("bb") is not bb:
-            state["bb"], state["kernels"] = bb, SequenceKernels(bb, target)
+            state["bb"], state["kernels"] = bb, SequenceKernels(bb, target, weight_dtype)
         return _convert_gru(node, importer, state["kernels"], tensors)
 
     return {"gru.input": convert, "select.int": _convert_select}
@@ -208,12 +211,13 @@ def _convert_gru(node, importer, kernels, tensors):
     return (layer_in, h_n)
 
 
-def from_exported_program(exported_program, *, target=None, decompose: bool = True, **kwargs):
+def from_exported_program(exported_program, *, target=None, decompose: bool = True, weight_dtype=None, **kwargs):
     """``tvm.relax.frontend.torch.from_exported_program`` with every ``nn.GRU`` (``aten.gru.input``) lowered to
     tvm_gru's kernel for ``target``: decomposes with :func:`decomposition_table` (when ``decompose``), then imports
     with ``run_ep_decomposition=False`` and :func:`torch_convert_map` (merged with a ``custom_convert_map`` given in
     ``kwargs``). Other keyword arguments go to TVM's function; ``keep_params_as_input`` does not apply to GRU
-    weights (always packed constants).
+    weights (always packed constants). ``weight_dtype`` (None, "float32", "float16", "int8"): the storage dtype of
+    the GRU kernels' weight matrices, as for :func:`tvm_gru.relax.from_onnx`.
 
     Returns
     -------
@@ -224,7 +228,7 @@ def from_exported_program(exported_program, *, target=None, decompose: bool = Tr
     if decompose:
         exported_program = exported_program.run_decompositions(decomposition_table())
     convert_map = dict(kwargs.pop("custom_convert_map", None) or {})
-    convert_map.update(torch_convert_map(target, exported_program=exported_program))
+    convert_map.update(torch_convert_map(target, exported_program=exported_program, weight_dtype=weight_dtype))
     kwargs.pop("run_ep_decomposition", None)
     # TVM's torch frontend imports torch: only here, so tvm_gru.relax (and ONNX models) work without torch
     from tvm.relax.frontend.torch import from_exported_program as tvm_import  # noqa: PLC0415

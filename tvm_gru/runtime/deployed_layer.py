@@ -26,16 +26,17 @@ import tvm_ffi
 from .arrays import as_array
 from .buffers import as_aligned
 from .ffi_args import SequenceOutputs
-from .format import LAYER_FLAGS, ArtifactError, check_declared
+from .format import LAYER_FLAGS, ArtifactError, check_declared, weight_dtype
 from .layer_calls import NOT_PLAIN, NotCopyable, SequenceLayerCalls, check_inference_training, kernel_view, max_steps
-from .packing import unpack_matrix
+from .packing import dequantize_int8, unpack_matrix
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "weight_specs", "frame_weights"]
 
 
 
-def sequence_weight_shapes(config: dict, input_dim: int, lanes: int) -> dict:
-    """Packed weight shapes of the sequence kernel, in parameter order (``SequenceSpec.weight_shapes``)."""
+def sequence_weight_shapes(config: dict, input_dim: int, lanes: int, matrices: str | None = None) -> dict:
+    """Packed weight shapes of the sequence kernel, in parameter order (``SequenceSpec.weight_shapes``; this
+    runtime imports no compiler): ``weight_scale`` last when the ``matrices`` are stored as int8."""
     units = int(config["units"])
     nb = -(-units // lanes)
     out = {"kernel_packed": (nb, input_dim, 3, lanes)}
@@ -46,16 +47,23 @@ def sequence_weight_shapes(config: dict, input_dim: int, lanes: int) -> dict:
         out["candidate_packed"] = (units, nb, lanes)
     if config["use_bias"]:
         out["bias_packed"] = (2, 3, nb * lanes)
+    if matrices == "int8":
+        out["weight_scale"] = (2, 3, nb * lanes)
     return out
 
 
+_MATRICES = ("kernel_packed", "recurrent_packed", "candidate_packed")
+
+
 def weight_specs(meta: dict) -> dict:
-    """{name: (shape, dtype)} of the packed weights the layer's config implies, in the kernel's order; the
-    metadata's weight list and shapes must say the same (checked before any weight is read)."""
+    """{name: (shape, dtype)} of the packed weights the layer's config implies, in the kernel's order: the weight
+    matrices in the metadata's ``weight_dtype`` (float32, float16 or int8 for a float32 layer; absent: the layer
+    dtype), the bias and int8 column scales in the layer dtype. The metadata's weight list and shapes must say
+    the same (checked before any weight is read)."""
     cfg = meta["config"]
-    dtype = np.dtype(cfg["dtype"])
-    expected = {name: (shape, dtype)
-                for name, shape in sequence_weight_shapes(cfg, meta["input_dim"], meta["lanes"]).items()}
+    dtype, matrices = np.dtype(cfg["dtype"]), weight_dtype(meta)
+    shapes = sequence_weight_shapes(cfg, meta["input_dim"], meta["lanes"], matrices)
+    expected = {name: (shape, np.dtype(matrices) if name in _MATRICES else dtype) for name, shape in shapes.items()}
     check_declared(meta, expected)
     return expected
 
@@ -147,6 +155,7 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         self.input_dim = int(meta["input_dim"])
         self.units = int(self.config["units"])
         self.dtype = np.dtype(self.config["dtype"])
+        self.weight_dtype = np.dtype(weight_dtype(meta))  # weight matrix storage (float16, int8: widened in-kernel)
         self.target = meta["target"]
         self._host_weights = [as_aligned(weights[n]) for n in meta["kernel"]["weights"]]
         self._wargs = tuple(tvm_ffi.from_dlpack(w) for w in self._host_weights)
@@ -171,7 +180,9 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         return dict(self.metadata["keras_config"])
 
     def get_weights(self) -> list:
-        """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H)(, bias)]`` (unpacked copies)."""
+        """The Keras-layout weights ``[kernel (I, 3H), recurrent_kernel (H, 3H)(, bias)]`` (unpacked copies, in the
+        layer dtype: float16-stored matrices come back as the float16-rounded values the kernels use, int8-stored
+        ones dequantized, ``float(q) * scale`` per column)."""
         w = dict(zip(self.metadata["kernel"]["weights"], self._host_weights))
         units = self.units
         kernel = unpack_matrix(w["kernel_packed"], units, True).copy()
@@ -179,7 +190,11 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         if "candidate_packed" in w:  # reset_after=False: (H, NB, V), rows of the candidate's columns
             cand = w["candidate_packed"]
             recurrent = np.concatenate([recurrent, cand.reshape(cand.shape[0], -1)[:, :units]], axis=1)
-        out = [kernel, recurrent]
+        if "weight_scale" in w:  # int8: one scale per Keras column, row 0 the kernel's, row 1 the recurrent kernel's
+            scales = w["weight_scale"][:, :, :units].reshape(2, 3 * units)
+            kernel = dequantize_int8(kernel, scales[0], self.dtype)
+            recurrent = dequantize_int8(recurrent, scales[1], self.dtype)
+        out = [kernel.astype(self.dtype), recurrent.astype(self.dtype)]
         if "bias_packed" in w:
             rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)
             out.append(rows.copy() if self.config["reset_after"] else rows[0].copy())
@@ -303,4 +318,5 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
                 f"recurrent_activation={c['recurrent_activation']!r}, reset_after={c['reset_after']}, "
                 f"return_sequences={self.return_sequences}, return_state={self.return_state}, "
                 f"go_backwards={self.go_backwards}, stateful={self.stateful}, time_major={self.time_major}, "
-                f"target={self.target['family']}, batch_sizes={list(self.batch_sizes)})")
+                + (f"weight_dtype='{self.weight_dtype.name}', " if self.weight_dtype != self.dtype else "")
+                + f"target={self.target['family']}, batch_sizes={list(self.batch_sizes)})")

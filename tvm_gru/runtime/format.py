@@ -178,6 +178,7 @@ DIRECTIONS = ("forward", "backward")
 _DIRECTION_KERNEL = _record(functions=(_mapping(_str(pattern=_BATCH), _LAYER_FUNCTIONS, 64, 1), True),
                             weights=(_list(_str(pattern=_NAME), 8, 1, unique=True), True))
 _DIRECTION = _record(config=(_CONFIG, True), input_dim=(_POSITIVE, True), lanes=(_int(1, 64), True),
+                     weight_dtype=(_str(), False),  # checked against the config by weight_dtype()
                      shapes=(_mapping(_str(), _SHAPE, 64), True), kernel=(_DIRECTION_KERNEL, True),
                      layer=(_record(name=(_str(), False), **{f: (_bool, False) for f in (*LAYER_FLAGS, "masking")}),
                             True),
@@ -328,7 +329,8 @@ def artifact_kind(meta: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------- weights
-# Storage dtypes of the weight matrices a cell artifact may hold, per cell dtype (see tvm_gru.ops.config).
+# Storage dtypes of the weight matrices a cell or layer artifact (or a bidirectional artifact's direction) may hold,
+# per cell dtype (see tvm_gru.ops.config).
 _WEIGHT_DTYPES = {"float32": ("float32", "float16", "int8"), "float64": ("float64",)}
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from .buffers import aligned_empty
 
 __all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable", "quantize_int8",
-           "dequantize_int8", "int8_error_bound", "INT8_LEVELS"]
+           "dequantize_int8", "int8_error_bound", "INT8_LEVELS", "storage_matrices", "scales_packed"]
 
 INT8_LEVELS = 127  # symmetric: -127..127 (-128 unused, so negating a weight never saturates)
 
@@ -162,18 +162,37 @@ def pack_weights(config, kernel, recurrent_kernel, bias, lanes: int, weight_dtyp
     rounds them to nearest half; "int8" quantizes them per column, see :func:`quantize_int8`, and adds
     ``weight_scale`` (2, 3, Hp) float32 after the bias); the bias stays in ``config.dtype``.
     """
-    sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
-    wdt = config.dtype if weight_dtype is None else weight_dtype
-    check_storable(wdt, sources)
-    scales = None
-    if np.dtype(wdt) == np.int8:
-        quantized = {name: quantize_int8(w) for name, w in sources.items()}
-        sources = {name: q for name, (q, _) in quantized.items()}
-        scales = np.stack([quantized["kernel"][1], quantized["recurrent_kernel"][1]])  # (2, 3H)
+    wdt, sources, scales = storage_matrices(config, kernel, recurrent_kernel, weight_dtype)
     out = {name: pack_matrix(sources[src], config.units, lanes, wdt, gates, fused)
            for name, (src, gates, fused) in layout(config, lanes).items()}
     if config.use_bias:
         out["bias_packed"] = pack_bias(bias, config.units, lanes, config.dtype)
     if scales is not None:
-        out["weight_scale"] = pack_bias(scales, config.units, lanes, config.dtype)
+        out["weight_scale"] = scales_packed(scales, config, lanes)
     return out
+
+
+def storage_matrices(config, kernel, recurrent_kernel, weight_dtype=None) -> tuple:
+    """The two Keras weight matrices as they are stored for ``weight_dtype``, before packing (shared by the step
+    and the sequence kernels' packers).
+
+    Returns ``(dtype, {"kernel": (I, 3H), "recurrent_kernel": (H, 3H)}, scales)``: ``dtype`` the storage dtype
+    (None: ``config.dtype``); the matrices unchanged for a float dtype (the packer rounds them to it), quantized
+    to int8 per column for "int8" (:func:`quantize_int8`), and then ``scales`` (2, 3H) float32, row 0 the
+    kernel's and row 1 the recurrent kernel's column scales (None otherwise). Weights the dtype cannot hold are
+    refused first (:func:`check_storable`).
+    """
+    sources = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
+    wdt = np.dtype(config.dtype if weight_dtype is None else weight_dtype).name
+    check_storable(wdt, sources)
+    if wdt != "int8":
+        return wdt, sources, None
+    quantized = {name: quantize_int8(w) for name, w in sources.items()}
+    scales = np.stack([quantized["kernel"][1], quantized["recurrent_kernel"][1]])  # (2, 3H)
+    return wdt, {name: q for name, (q, _) in quantized.items()}, scales
+
+
+def scales_packed(scales: np.ndarray, config, lanes: int) -> np.ndarray:
+    """(2, 3H) column scales -> ``weight_scale`` (2, 3, Hp) in the cell dtype, laid out like the bias (padding
+    units: scale 0)."""
+    return pack_bias(scales, config.units, lanes, config.dtype)
