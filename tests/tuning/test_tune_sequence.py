@@ -116,8 +116,24 @@ def test_exhaustive_run_records_every_candidate_and_the_verified_best(tmp_path, 
     assert rec["runner"] == "local" and rec["steps"] == 5 and rec["trials"] == len(space)
     assert rec["seconds"] > 0 and rec["tuned_seconds"] > 0
     assert seq_db.schedule_from_json(rec["schedule"]) in space[1:]  # the best other than the hand rule
-    applied = rec["tuned_seconds"] < rec["seconds"] * (1 - tuning_db.MARGIN)
+    assert 0 < rec["paired_ratio"] < 10
+    applied = seq_db.wins(rec["seconds"], rec["tuned_seconds"], rec["paired_ratio"])
     assert ("-> applied" in out.out) == applied
+
+
+@pytest.mark.parametrize("weight_dtype", ["float16", "int8"])
+def test_narrow_weight_storage_is_a_workload_of_its_own(tmp_path, weight_dtype):
+    """Candidates are checked against the reference on the weights as stored (every one passes), and the records
+    carry the storage in their workload, so they never reach a float32 layer."""
+    result = tvm_gru.tune_sequence(**TINY, weight_dtype=weight_dtype, steps=4, trials=4, log_dir=tmp_path,
+                                   progress=False, verify_rounds=1)
+    d = tmp_path / tuning_db.target_id(targets.resolve(None))
+    trials = seq_db.read_lines(d, seq_db.TRIALS)
+    assert len(trials) == 4 and all(t["seconds"] is not None and "error" not in t for t in trials)
+    assert all(t["workload"].endswith(f"-w{weight_dtype}") for t in trials)
+    assert result.spec.weight_dtype == weight_dtype and result.spec.key() == trials[0]["workload"]
+    assert cli.main(["tune", "--units", "16", "--input-dim", "8", "--weight-dtype", weight_dtype,
+                     "--log-dir", str(tmp_path)]) == 2  # the step tuning keeps float32 storage
 
 
 def test_an_interrupted_run_resumes_without_measuring_again(tmp_path):

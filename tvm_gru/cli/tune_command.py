@@ -25,11 +25,16 @@ def _cli(args) -> int:
     if args.sequence and (args.refresh or args.implementation != 1):
         print("tvm-gru tune: --sequence takes neither --refresh nor --implementation", file=sys.stderr)
         return 2
+    if args.weight_dtype is not None and not args.sequence:
+        print("tvm-gru tune: --weight-dtype goes with --sequence (the step tuning keeps float32 storage)",
+              file=sys.stderr)
+        return 2
     try:
         if args.sequence:
             results = [tune_sequence(args.units, args.input_dim, args.batch, activation=args.activation,
                                      recurrent_activation=args.recurrent_activation, reset_after=args.reset_after,
-                                     use_bias=not args.no_bias, dtype=args.dtype, steps=args.steps,
+                                     use_bias=not args.no_bias, dtype=args.dtype,
+                                     weight_dtype=args.weight_dtype, steps=args.steps,
                                      return_sequences=args.return_sequences, time_major=args.time_major,
                                      trials=args.trials, **common)]
         elif args.refresh:
@@ -72,6 +77,8 @@ def register(subparsers, add_shape_args) -> None:
     p.add_argument("--steps", type=int, default=100, help="--sequence: T of the timed calls")
     p.add_argument("--return-sequences", action="store_true", help="--sequence: the layer returns every step")
     p.add_argument("--time-major", action="store_true", help="--sequence: (T, B, I) inputs")
+    p.add_argument("--weight-dtype", choices=["float32", "float16", "int8"], default=None,
+                   help="--sequence: storage of the weight matrices (as GRU(weight_dtype=...))")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each local timing, wait up to SECONDS for the CPUs to be mostly idle")
     p.set_defaults(func=_cli)

@@ -52,6 +52,7 @@ class SequenceBench:
 
         from ..ops.reference import keras_rnn  # noqa: PLC0415
         from ..ops.sequence import pack_sequence_weights  # noqa: PLC0415
+        from ..runtime.packing import dequantize_int8, storage_matrices  # noqa: PLC0415
         from ..targets import family, resolve  # noqa: PLC0415
 
         if spec.masked or spec.input_masks or spec.recurrent_masks:
@@ -71,11 +72,20 @@ class SequenceBench:
         bias = rng.uniform(-0.5, 0.5, cfg.bias_shape).astype(dt) if cfg.use_bias else None
         xs = rng.uniform(-1, 1, (steps, b, i)).astype(dt)
         h0 = rng.uniform(-1, 1, (b, h)).astype(dt)
-        outs, state = keras_rnn(cfg, xs, h0, kernel, recurrent, bias)
+        # The reference multiplies by the weights as stored (float16 rounded, int8 dequantized): a candidate is
+        # checked for computing its kernel's math, not for the storage's error (documented and tested apart).
+        wdt, stored, scales = storage_matrices(cfg, kernel, recurrent, spec.weight_dtype)
+        if scales is not None:
+            ref_k, ref_r = (dequantize_int8(stored[n], scales[row], dt) for row, n in
+                            enumerate(("kernel", "recurrent_kernel")))
+        else:
+            ref_k, ref_r = (np.asarray(stored[n]).astype(wdt).astype(dt) for n in ("kernel", "recurrent_kernel"))
+        outs, state = keras_rnn(cfg, xs, h0, ref_k, ref_r, bias)
         self.expected = [outs[-1], state] if not spec.return_sequences else [
             outs if spec.time_major else outs.transpose(1, 0, 2), outs[-1], state]
         x = xs if spec.time_major else np.ascontiguousarray(xs.transpose(1, 0, 2))
-        self.inputs = [x, h0, *pack_sequence_weights(cfg, kernel, recurrent, bias, spec.lanes).values()]
+        self.inputs = [x, h0, *pack_sequence_weights(cfg, kernel, recurrent, bias, spec.lanes,
+                                                     weight_dtype=spec.weight_dtype).values()]
         self.outputs = [np.zeros(e.shape, dt) for e in self.expected]
         scale = max(1.0, max(float(np.max(np.abs(e))) for e in self.expected))
         self.atol = (1e-4 if dt == "float32" else 1e-9) * scale

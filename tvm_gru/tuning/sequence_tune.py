@@ -87,7 +87,8 @@ def _knobs(schedule) -> str:
 
 
 def tune_sequence(units, input_dim, batch, *, activation="tanh", recurrent_activation="hard_sigmoid",
-                  reset_after=False, use_bias=True, dtype="float32", return_sequences=False, time_major=False,
+                  reset_after=False, use_bias=True, dtype="float32", weight_dtype=None, return_sequences=False,
+                  time_major=False,
                   steps=100, target=None, trials=None, log_dir=None, rpc_tracker=None, rpc_key=None,
                   verify_rounds=9, wait_quiet=0.0, progress=True) -> SequenceTuneResult:
     """Tune the whole-sequence kernel of one workload and record it under ``<log_dir>/<target-id>/``.
@@ -98,6 +99,9 @@ def tune_sequence(units, input_dim, batch, *, activation="tanh", recurrent_activ
         H, I and B of the layer.
     activation, recurrent_activation, reset_after, use_bias, dtype
         As in :class:`tvm_gru.GRUConfig`.
+    weight_dtype : None, "float32", "float16" or "int8"
+        Storage of the weight matrices, as in :class:`tvm_gru.GRU` (a workload of its own: its records apply to
+        layers with that storage only).
     return_sequences, time_major : bool
         As in :class:`tvm_gru.GRU` (the kernel differs with them, and so does the record's workload).
     steps : int
@@ -137,7 +141,8 @@ def tune_sequence(units, input_dim, batch, *, activation="tanh", recurrent_activ
                     reset_after=reset_after, dtype=dtype)
     spec = SequenceSpec(cfg, batch=check_positive_int("batch", batch),
                         input_dim=check_positive_int("input_dim", input_dim), lanes=targets.lanes(target, dtype),
-                        time_major=bool(time_major), return_sequences=bool(return_sequences))
+                        time_major=bool(time_major), return_sequences=bool(return_sequences),
+                        weight_dtype=weight_dtype)
     rule = sequence_rule(target)
     hand = rule.default_schedule(spec, target)
     report = TextProgress() if progress is True else (progress or (lambda *a: None))
