@@ -624,3 +624,20 @@ def test_aarch64_int8_layer_under_qemu(tmp_path, units, input_dim):
         err = float(np.max(np.abs(data[key] - ref)))
         assert err <= _rounding(ref), f"{key}: {err:.3e}"
     assert data["modules"].size == 0  # numpy + apache-tvm-ffi only on the board
+
+
+@pytest.mark.parametrize("weight_dtype", NARROW)
+def test_onnx_export_computes_what_the_narrow_layer_computes(weight_dtype):
+    """ONNX has one weight dtype: the exported node holds the weights the kernel multiplies by (float16-rounded /
+    int8-dequantized), so onnxruntime reproduces the narrow layer, not the float32 weights as set."""
+    ort = pytest.importorskip("onnxruntime")
+    layer = _layer(16, 8, weight_dtype=weight_dtype, return_sequences=True, return_state=True)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 12, 8)).astype(np.float32)
+    seq, state = layer(x)
+    model = layer.to_onnx()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    Y, Y_h = session.run(None, {"X": np.ascontiguousarray(x.transpose(1, 0, 2))})
+    np.testing.assert_allclose(Y[:, 0].transpose(1, 0, 2), seq, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(Y_h[0], state, rtol=0, atol=2e-6)
+    exact = _layer(16, 8, return_sequences=True, return_state=True)(x)[0]
+    assert np.max(np.abs(exact - seq)) > 1e-5  # the storage moved the outputs: the check above can tell

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.packing import computed_matrices
 from .onnx_mapping import onnx_activation, opset_range
 
 __all__ = ["layer_to_onnx", "bidirectional_to_onnx", "cell_to_onnx"]
@@ -63,6 +64,14 @@ def _gru_model(directions, *, opset, direction, batch, input_dim, step_input=Fal
     return model
 
 
+def _computed_weights(cell) -> list:
+    """``cell.get_weights()`` with the kernel and recurrent kernel as the kernel multiplies by them: ONNX holds
+    one weight dtype, so a float16 or int8 cell is written with its stored weights (rounded / dequantized) and
+    the model computes what the cell computes, not the float32 weights as set."""
+    kernel, recurrent, *rest = cell.get_weights()
+    return [*computed_matrices(cell.config, kernel, recurrent, cell.weight_dtype), *rest]
+
+
 def _save(model, path):
     import onnx  # noqa: PLC0415
 
@@ -80,7 +89,7 @@ def layer_to_onnx(layer, path=None, opset: int = 14, batch=None):
     """
     if not layer.built:
         raise ValueError("`to_onnx` needs a built layer: call build(input_shape), set_weights or the layer first")
-    model = _gru_model([(layer.cell.config, layer.get_weights())], opset=opset,
+    model = _gru_model([(layer.cell.config, _computed_weights(layer.cell))], opset=opset,
                        direction="reverse" if layer.go_backwards else "forward", batch=batch,
                        input_dim=layer.input_dim, graph_name=layer.name)
     return _save(model, path)
@@ -110,7 +119,8 @@ def bidirectional_to_onnx(wrapper, path=None, opset: int = 14, batch=None):
         if a != b:
             raise ValueError(f"`to_onnx`: the two directions differ in `{key}` ({a} forward, {b} backward); one "
                              f"ONNX GRU node has one")
-    model = _gru_model([(fw.cell.config, fw.get_weights()), (bw.cell.config, bw.get_weights())], opset=opset,
+    directions = [(fw.cell.config, _computed_weights(fw.cell)), (bw.cell.config, _computed_weights(bw.cell))]
+    model = _gru_model(directions, opset=opset,
                        direction="bidirectional", batch=batch, input_dim=fw.input_dim, graph_name=wrapper.name)
     return _save(model, path)
 
@@ -123,6 +133,6 @@ def cell_to_onnx(cell, path=None, opset: int = 14, batch=None):
     """
     if not cell.built:
         raise ValueError("`to_onnx` needs a built cell: call build(input_shape), set_weights or the cell first")
-    model = _gru_model([(cell.config, cell.get_weights())], opset=opset, direction="forward", batch=batch,
+    model = _gru_model([(cell.config, _computed_weights(cell))], opset=opset, direction="forward", batch=batch,
                        input_dim=cell.input_dim, step_input=True, graph_name=cell.name)
     return _save(model, path)

@@ -29,7 +29,8 @@ import numpy as np
 from .buffers import aligned_empty
 
 __all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable", "quantize_int8",
-           "dequantize_int8", "int8_error_bound", "INT8_LEVELS", "storage_matrices", "scales_packed"]
+           "dequantize_int8", "int8_error_bound", "INT8_LEVELS", "storage_matrices", "scales_packed",
+           "computed_matrices"]
 
 INT8_LEVELS = 127  # symmetric: -127..127 (-128 unused, so negating a weight never saturates)
 
@@ -190,6 +191,18 @@ def storage_matrices(config, kernel, recurrent_kernel, weight_dtype=None) -> tup
     quantized = {name: quantize_int8(w) for name, w in sources.items()}
     scales = np.stack([quantized["kernel"][1], quantized["recurrent_kernel"][1]])  # (2, 3H)
     return wdt, {name: q for name, (q, _) in quantized.items()}, scales
+
+
+def computed_matrices(config, kernel, recurrent_kernel, weight_dtype=None) -> tuple:
+    """``(kernel, recurrent_kernel)`` as a kernel with ``weight_dtype`` storage multiplies by them, in
+    ``config.dtype``: unchanged for the cell dtype, rounded through float16, or int8-dequantized
+    (:func:`dequantize_int8`; the kernel applies the scale after the sum, so equal up to float rounding).
+    What a reference or an exporter with one weight dtype (ONNX) must use to compute what the kernel computes."""
+    wdt, stored, scales = storage_matrices(config, kernel, recurrent_kernel, weight_dtype)
+    names, dt = ("kernel", "recurrent_kernel"), config.dtype
+    if scales is not None:
+        return tuple(dequantize_int8(stored[n], scales[row], dt) for row, n in enumerate(names))
+    return tuple(np.asarray(stored[n]).astype(wdt).astype(dt) for n in names)
 
 
 def scales_packed(scales: np.ndarray, config, lanes: int) -> np.ndarray:

@@ -52,7 +52,7 @@ class SequenceBench:
 
         from ..ops.reference import keras_rnn  # noqa: PLC0415
         from ..ops.sequence import pack_sequence_weights  # noqa: PLC0415
-        from ..runtime.packing import dequantize_int8, storage_matrices  # noqa: PLC0415
+        from ..runtime.packing import computed_matrices  # noqa: PLC0415
         from ..targets import family, resolve  # noqa: PLC0415
 
         if spec.masked or spec.input_masks or spec.recurrent_masks:
@@ -74,12 +74,7 @@ class SequenceBench:
         h0 = rng.uniform(-1, 1, (b, h)).astype(dt)
         # The reference multiplies by the weights as stored (float16 rounded, int8 dequantized): a candidate is
         # checked for computing its kernel's math, not for the storage's error (documented and tested apart).
-        wdt, stored, scales = storage_matrices(cfg, kernel, recurrent, spec.weight_dtype)
-        if scales is not None:
-            ref_k, ref_r = (dequantize_int8(stored[n], scales[row], dt) for row, n in
-                            enumerate(("kernel", "recurrent_kernel")))
-        else:
-            ref_k, ref_r = (np.asarray(stored[n]).astype(wdt).astype(dt) for n in ("kernel", "recurrent_kernel"))
+        ref_k, ref_r = computed_matrices(cfg, kernel, recurrent, spec.weight_dtype)
         outs, state = keras_rnn(cfg, xs, h0, ref_k, ref_r, bias)
         self.expected = [outs[-1], state] if not spec.return_sequences else [
             outs if spec.time_major else outs.transpose(1, 0, 2), outs[-1], state]
