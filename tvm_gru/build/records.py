@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["root", "target_id", "db_dir", "lookup", "fingerprint", "target_key", "hand_fingerprint", "workload_key",
            "one_region_hazard",
-           "read_workloads", "read_records", "repair", "append_baseline", "records_for", "best_tuned_module",
+           "read_workloads", "read_records", "repair", "append_baseline", "append_json_line", "records_for",
+           "best_tuned_module",
            "apply_record", "baselines", "record_refusal", "trace_refusal", "trace_json", "INSTRUCTIONS", "ANNOTATIONS",
            "DECISIONS", "MARGIN", "FILES", "config_of", "CONFIG_ANNOTATION", "UNROLL_STEPS"]
 
@@ -240,10 +241,16 @@ def baselines(d: Path) -> dict:
 
 
 def append_baseline(d: Path, entry: dict) -> None:
-    """Append one baseline line (a single ``write`` of a whole line: a kill leaves no half line behind)."""
+    """Append one baseline line (see :func:`append_json_line`)."""
+    append_json_line(Path(d), BASELINE, entry)
+
+
+def append_json_line(d: Path, name: str, entry: dict) -> None:
+    """Append ``entry`` to ``d/name`` as one JSON line, in a single ``write`` of the whole line (a kill leaves no
+    half line behind)."""
     d.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(d / BASELINE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(d / name, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a line onto a damaged last one

@@ -32,12 +32,11 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
 from ..schedules.sequence_rules import SequenceSchedule
-from .records import MARGIN, db_dir, target_key
+from .records import MARGIN, append_json_line, db_dir, target_key
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +156,7 @@ def append_line(d: Path, name: str, entry: dict) -> None:
     reason = line_refusal(entry, name)
     if reason is not None:
         raise ValueError(f"sequence tuning line refused: {reason}")
-    d = Path(d)
-    d.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(d / name, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a line onto a damaged last one
-            line = b"\n" + line
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_json_line(Path(d), name, entry)
 
 
 def schedule_to_json(schedule: SequenceSchedule) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from . import activations
 
-__all__ = ["GRUConfig", "StepSpec", "check_positive_int", "check_weight_dtype"]
+__all__ = ["GRUConfig", "StepSpec", "WeightStorage", "check_positive_int", "check_weight_dtype"]
 
 _DTYPES = ("float32", "float64")
 # Storage dtypes of the packed kernel and recurrent kernel, per cell dtype (the arithmetic stays the cell dtype).
@@ -134,8 +134,23 @@ class GRUConfig:
         return asdict(self)
 
 
+class WeightStorage:
+    """The ``weight_dtype`` of a kernel spec (a frozen dataclass with ``config`` and ``weight_dtype`` fields):
+    checked, and normalised to None for the cell dtype, so equal kernels compare and hash equal (and keep the
+    keys they had before narrow storage existed)."""
+
+    def __post_init__(self):
+        name = check_weight_dtype(self.config.dtype, self.weight_dtype)
+        object.__setattr__(self, "weight_dtype", None if name == self.config.dtype else name)
+
+    @property
+    def storage_dtype(self) -> str:
+        """The dtype the packed kernel and recurrent kernel are stored in."""
+        return self.weight_dtype or self.config.dtype
+
+
 @dataclass(frozen=True)
-class StepSpec:
+class StepSpec(WeightStorage):
     """Everything a compiled step kernel is specialised on.
 
     Attributes
@@ -162,16 +177,6 @@ class StepSpec:
     recurrent_masks: int = 0
     lanes: int = 8
     weight_dtype: str | None = None
-
-    def __post_init__(self):
-        name = check_weight_dtype(self.config.dtype, self.weight_dtype)
-        # one spelling for the default, so equal kernels compare and hash equal
-        object.__setattr__(self, "weight_dtype", None if name == self.config.dtype else name)
-
-    @property
-    def storage_dtype(self) -> str:
-        """The dtype the packed kernel and recurrent kernel are stored in."""
-        return self.weight_dtype or self.config.dtype
 
     @property
     def blocks(self) -> int:

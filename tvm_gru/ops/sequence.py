@@ -29,13 +29,13 @@ import numpy as np
 from ..runtime.buffers import aligned_empty
 from ..runtime.packing import pack_bias, pack_matrix, scales_packed, storage_matrices
 from . import activations
-from .config import GRUConfig, check_weight_dtype
+from .config import GRUConfig, WeightStorage
 
 __all__ = ["SequenceSpec", "pack_sequence_weights", "GateMath", "padded_recurrent_mask"]
 
 
 @dataclass(frozen=True)
-class SequenceSpec:
+class SequenceSpec(WeightStorage):
     """Everything a compiled sequence kernel is specialised on (the sequence length is not: it is symbolic).
 
     Attributes
@@ -83,16 +83,6 @@ class SequenceSpec:
     input_masks: int = 0
     recurrent_masks: int = 0
     weight_dtype: str | None = None
-
-    def __post_init__(self):
-        name = check_weight_dtype(self.config.dtype, self.weight_dtype)
-        # one spelling for the default, so equal kernels compare and hash equal (and keep their keys)
-        object.__setattr__(self, "weight_dtype", None if name == self.config.dtype else name)
-
-    @property
-    def storage_dtype(self) -> str:
-        """The dtype the packed kernel and recurrent kernel are stored in."""
-        return self.weight_dtype or self.config.dtype
 
     @property
     def blocks(self) -> int:
