@@ -3,6 +3,7 @@
 One command::
 
     python benchmarks/arm_static.py --out benchmarks/results/arm_static_after
+    python benchmarks/arm_static.py --out arm_static_int8 --weight-dtype int8    # narrow weight storage
 
 For each benchmark shape (batch x input_dim x units: 1x256x256, 1x64x128, 8x256x256; the v1 default cell,
 float32) and each core model (Cortex-A72, Neoverse-N1) it cross-compiles the layer's whole-sequence kernel
@@ -142,6 +143,11 @@ def mca_cycles(loop: Loop, mcpu: str, path: Path) -> float:
     return int(re.search(r"Total Cycles:\s+(\d+)", proc.stdout).group(1)) / iterations
 
 
+def itemsize(spec) -> int:
+    """Bytes per stored weight (``weight_dtype``; specs of an older tree have none: float32)."""
+    return {"float16": 2, "int8": 1}.get(getattr(spec, "weight_dtype", None), 4)
+
+
 def weight_reads(spec, sched, part) -> list:
     """Byte addresses of the weight vectors one step of ``part`` reads, in program order (assumption 7).
 
@@ -152,7 +158,7 @@ def weight_reads(spec, sched, part) -> list:
     """
     h, v, nb, b = spec.config.units, spec.lanes, spec.blocks, spec.batch
     g = 3 if spec.config.reset_after else 2
-    vec = v * 4
+    vec = v * itemsize(spec)
     lo, hi = partition(nb, sched.threads)[part]
     batch_tiles = -(-b // sched.batch_tile)
     rec = 0
@@ -208,7 +214,7 @@ def l1_misses(addresses, size: int, ways: int) -> tuple:
     return misses, len({a // LINE for a in addresses})
 
 
-def build(shape, mcpu: str):
+def build(shape, mcpu: str, weight_dtype=None):
     """(layer asm, step asm, sequence spec, sequence schedule) for one shape and core."""
     import tvm  # noqa: PLC0415
 
@@ -222,12 +228,13 @@ def build(shape, mcpu: str):
     batch, input_dim, units = shape
     target = targets.resolve({"name": "aarch64", "mcpu": mcpu, "num-cores": THREADS})
     lanes = targets.lanes(target, "float32")
-    spec = SequenceSpec(GRUConfig(units), batch=batch, input_dim=input_dim, lanes=lanes)
+    narrow = {"weight_dtype": weight_dtype} if weight_dtype else {}  # an older tree's specs have no such field
+    spec = SequenceSpec(GRUConfig(units), batch=batch, input_dim=input_dim, lanes=lanes, **narrow)
     sched = sequence_rule(target).default_schedule(spec, target)
     layer = compile_sequence_module(scheduled_sequence(spec, target, sched), target)
     with vectorizable_isnan():
         step = tvm.compile(scheduled_module(StepSpec(GRUConfig(units), batch=batch, input_dim=input_dim,
-                                                     lanes=lanes), target), target=target)
+                                                     lanes=lanes, **narrow), target), target=target)
     return layer.mod.inspect_source("asm"), step.mod.inspect_source("asm"), spec, sched
 
 
@@ -244,8 +251,8 @@ def step_fmas(spec, threads: int) -> int:
     return worst
 
 
-def analyse(shape, mcpu: str, out: Path, keep_asm: bool = False) -> dict:
-    layer_asm, step_asm, spec, sched = build(shape, mcpu)
+def analyse(shape, mcpu: str, out: Path, keep_asm: bool = False, weight_dtype=None) -> dict:
+    layer_asm, step_asm, spec, sched = build(shape, mcpu, weight_dtype)
     name = f"{'x'.join(map(str, shape))}-{mcpu}"
     (out / "mca").mkdir(parents=True, exist_ok=True)
     if keep_asm:
@@ -278,11 +285,11 @@ def analyse(shape, mcpu: str, out: Path, keep_asm: bool = False) -> dict:
     refill_cycles = fills * LINE / core["refill_bytes_per_cycle"]
     product_cycles = max(fmas * cycles_per_fma, refill_cycles)
     step_cycles = product_cycles + blend + sync_cycles
-    weights = 3 * spec.config.units * spec.padded_units * 4  # R_z, R_r (NB, H, 2, V) and R_h (H, NB, V)
+    weights = 3 * spec.config.units * spec.padded_units * itemsize(spec)  # R_z, R_r (NB, H, 2, V), R_h (H, NB, V)
     per_core = weights / sched.threads
     fits = weights <= core["l2_bytes"] if core["l2_shared"] else per_core <= core["l2_bytes"]
     l2_floor = max(per_core / core["l2_core"], weights / core["l2_all"]) * 1e6
-    return {"shape": "x".join(map(str, shape)), "mcpu": mcpu,
+    return {"shape": "x".join(map(str, shape)), "mcpu": mcpu, "weight_dtype": weight_dtype or "float32",
             "schedule": repr(sched), "threads": sched.threads,
             "product_loops": product, "elementwise_loops": loops["elementwise"],
             "cycles_per_fma": cycles_per_fma, "flop_per_cycle": 8 / cycles_per_fma,
@@ -301,7 +308,8 @@ def analyse(shape, mcpu: str, out: Path, keep_asm: bool = False) -> dict:
 
 def write(rows, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=1))
-    lines = ["# aarch64 static model (llvm-mca; no board)", "",
+    dtypes = sorted({r.get("weight_dtype", "float32") for r in rows})
+    lines = ["# aarch64 static model (llvm-mca; no board)", "", f"Weight storage: {', '.join(dtypes)}.", "",
              "| shape | core | threads | sync | barrier calls/step | fdiv layer/step/hot | cycles/FMA | flop/cycle "
              "(% peak) | L1 refetch | product cycles (mca / refill) | blend cycles | modelled cycles/step | board "
              "| modelled us/step | L2 floor us | DRAM floor us |",
@@ -328,9 +336,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--asm", action="store_true", help="also keep the kernels' whole assembly (asm/)")
+    parser.add_argument("--shapes", nargs="*", default=None, metavar="BxIxH",
+                        help="batch x input_dim x units (default: " + " ".join("x".join(map(str, sh)) for sh in SHAPES)
+                        + ")")
+    parser.add_argument("--weight-dtype", choices=["float32", "float16", "int8"], default=None,
+                        help="storage of the weight matrices (GRU(weight_dtype=...)); default float32")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [analyse(shape, mcpu, args.out, keep_asm=args.asm) for shape in SHAPES for mcpu in CORES]
+    shapes = [tuple(int(n) for n in sh.split("x")) for sh in args.shapes] if args.shapes else SHAPES
+    rows = [analyse(shape, mcpu, args.out, keep_asm=args.asm, weight_dtype=args.weight_dtype)
+            for shape in shapes for mcpu in CORES]
     write(rows, args.out)
     print((args.out / "results.md").read_text())
 
