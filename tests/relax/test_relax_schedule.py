@@ -156,3 +156,27 @@ def test_unschedulable_function_is_left_as_is():
 
     out = schedule.schedule_cpu(Mod, targets.resolve(None))
     assert out["main"].same_as(Mod["main"])
+
+
+@pytest.mark.parametrize("rows", [["T", 1], [256]], ids=["symbolic-rows", "static-rows"])
+def test_gemm_accumulators_live_on_the_stack(rows):
+    """A GEMM's register tile is a stack buffer, never a TVMBackendAllocWorkspace one: LLVM cannot prove a
+    workspace pointer free of aliases and wrote every accumulator back to memory after each FMA (14.8 -> 6.7 us
+    for a 100x40 @ 40x128 + bias + relu). Static rows take a multi-row tile of 64 columns, kept under TVM's 1 KB
+    stack limit."""
+    rng = np.random.default_rng(13)
+    model = _model([helper.make_node("MatMul", ["X", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+                    helper.make_node("Relu", ["a"], ["Z"])],
+                   [helper.make_tensor_value_info("X", TensorProto.FLOAT, [*rows, 40])], ["Z"],
+                   {"W": rng.standard_normal((40, 128)).astype(np.float32),
+                    "b": rng.standard_normal(128).astype(np.float32)})
+    target = targets.resolve(None)
+    _, after = _scheduled_module(model)
+    (gv,) = [gv for gv, f in after.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in gv.name_hint]
+    with target:
+        asm = tvm.compile(tvm.IRModule({"main": after[gv].with_attr("global_symbol", "main")}),
+                          target=target).mod.inspect_source("asm")
+    assert "vfmadd" in asm or "fmla" in asm
+    assert "TVMBackendAllocWorkspace" not in asm
+    x = rng.standard_normal([7 if r == "T" else r for r in rows] + [40]).astype(np.float32)
+    _compare(model, [x])
