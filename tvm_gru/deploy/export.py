@@ -43,7 +43,7 @@ from .. import schedules, targets
 from .._version import __version__
 from ..build.sequence import chosen_schedule, compile_sequence_module, scheduled_sequence, sequence_rule
 from ..build.step import scheduled_module
-from ..ops.config import StepSpec, check_weight_dtype
+from ..ops.config import StepSpec
 from ..ops.sequence import SequenceSpec, pack_sequence_weights
 from ..runtime import artifact
 from ..runtime.format import LAYER_FLAGS, file_sha256
@@ -231,8 +231,7 @@ def export_cell(cell, path, target=None, batch=1, overwrite: bool = False, weigh
         raise ValueError("`export_cell` needs a built cell: call build(input_shape), set_weights or the cell first")
 
     batches = batch_list(batch)
-    wdt = check_weight_dtype(cell.config.dtype, getattr(cell, "weight_dtype", None) if weight_dtype is None
-                             else weight_dtype)
+    wdt = cell.storage_dtype(weight_dtype)
     dest = check_destination(path, overwrite)
     target = targets.resolve(target)
     family = targets.family(target)
@@ -276,13 +275,13 @@ def sequence_functions(layer, batches, target, lanes: int, masking: bool, prefix
     A streaming layer (stateful, last output only) also gets ``frame_b{B}``, the step kernel, where the rule runs
     single frames on it (``CPUSequenceRule.frames_on_step_kernel``).
     Every name starts with ``prefix`` (two layers' functions in one module). ``weight_dtype``: the storage dtype
-    of the weight matrices the kernels take (None: the layer's own, see :func:`layer_weight_dtype`).
+    of the weight matrices the kernels take (None: the layer's own, see :meth:`tvm_gru.GRUCell.storage_dtype`).
     Returns ``({name: PrimFunc}, {str(B): {"full": name, "masked": name, "short": name, "short_steps": n, ...}})``.
     """
 
 
     rule = sequence_rule(target)
-    wdt = layer_weight_dtype(layer, weight_dtype)
+    wdt = layer.cell.storage_dtype(weight_dtype)
     funcs, table = {}, {}
     for batch in batches:
         entry = table[str(batch)] = {}
@@ -351,7 +350,7 @@ def export_layer(layer, path, target=None, batch=1, masking: bool = True, overwr
         raise ValueError("`export_layer` needs a built layer: call build(input_shape), set_weights or the layer "
                          "first")
     batches = batch_list(batch)
-    wdt = layer_weight_dtype(layer, weight_dtype)
+    wdt = layer.cell.storage_dtype(weight_dtype)
     _check_storable(layer, wdt)
     dest = check_destination(path, overwrite)
     target, family = _sequence_target(target, "a GRU layer")
@@ -381,21 +380,13 @@ def _sequence_target(target, what: str):
     return target, family
 
 
-def layer_weight_dtype(layer, weight_dtype=None) -> str:
-    """The storage dtype of an exported layer's weight matrices: ``weight_dtype`` checked for the layer's dtype
-    (ValueError naming ``weight_dtype``), or, for None, the layer's own (its cell's ``weight_dtype``)."""
-    config = layer.cell.config
-    return check_weight_dtype(config.dtype, getattr(layer.cell, "weight_dtype", None) if weight_dtype is None
-                              else weight_dtype)
-
-
 def layer_weights(layer, lanes: int, weight_dtype=None) -> dict:
     """The layer's weights packed for its sequence kernel, by kernel parameter name, the matrices stored as
     ``weight_dtype`` (None: the layer's own)."""
     cell = layer.cell
     config = cell.config
     return pack_sequence_weights(config, cell.kernel, cell.recurrent_kernel, cell.bias if config.use_bias else None,
-                                 lanes, layer_weight_dtype(layer, weight_dtype))
+                                 lanes, cell.storage_dtype(weight_dtype))
 
 
 def _check_storable(layer, weight_dtype: str) -> None:
@@ -477,7 +468,7 @@ def export_bidirectional(wrapper, path, target=None, batch=1, masking: bool = Tr
         raise ValueError("`export_bidirectional` needs a built wrapper: call build(input_shape), set_weights or the "
                          "wrapper first")
     batches = batch_list(batch)
-    dtypes = [layer_weight_dtype(layer, weight_dtype) for layer in directions]
+    dtypes = [layer.cell.storage_dtype(weight_dtype) for layer in directions]
     for layer, wdt in zip(directions, dtypes):
         _check_storable(layer, wdt)
     dest = check_destination(path, overwrite)

@@ -339,6 +339,11 @@ class GRUCell:
             raise ValueError(f"`{what}` needs a built cell: call build(input_shape) or the cell first")
 
     # ------------------------------------------------------------------ config
+    def storage_dtype(self, weight_dtype=None) -> str:
+        """The storage dtype of the weight matrices for an export or a compiled model: ``weight_dtype`` checked
+        for this cell's dtype (ValueError naming ``weight_dtype``), or, for None, the cell's own."""
+        return check_weight_dtype(self.config.dtype, self.weight_dtype if weight_dtype is None else weight_dtype)
+
     def get_config(self) -> dict:
         """A flat dict in the tf_keras ``GRUCell.get_config()`` format (plus ``seed``, and ``weight_dtype`` when
         it is not the cell dtype)."""

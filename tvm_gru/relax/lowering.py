@@ -83,13 +83,6 @@ class SequenceKernels:
         self.weight_dtype = check_gru_weight_dtype(weight_dtype)  # and against each layer's dtype when emitted
         self._added = {}
 
-    def storage_dtype(self, layer) -> str:
-        """The storage dtype of ``layer``'s weight matrices in this module (ValueError naming ``weight_dtype`` when
-        the layer's dtype cannot store its weights so)."""
-        config = layer.cell.config
-        wanted = layer.cell.weight_dtype if self.weight_dtype is None else self.weight_dtype
-        return check_weight_dtype(config.dtype, wanted)
-
     def get(self, spec):
         """The GlobalVar of the kernel for ``spec``."""
         key = spec.key()
@@ -148,7 +141,7 @@ def emit_direction(kernels: SequenceKernels, layer, x, h0=None, mask=None, *, re
         raise ValueError(f"{what} has input size {input_dim}; the GRU weights expect {kernel.shape[0]}")
     units = config.units
     lanes = targets.lanes(kernels.target, config.dtype)
-    wdt = kernels.storage_dtype(layer)
+    wdt = layer.cell.storage_dtype(kernels.weight_dtype)
     spec = SequenceSpec(config, batch, input_dim, lanes, time_major=time_major, masked=mask is not None,
                         zero_output_for_mask=zero_output_for_mask, return_sequences=return_sequences,
                         weight_dtype=wdt)

@@ -10,7 +10,7 @@ from .buffers import as_aligned
 from .ffi_args import OutputPool
 from .format import weight_dtype
 from .layer_calls import NotCopyable, check_inference_training
-from .packing import dequantize_int8, unpack_matrix
+from .packing import keras_matrices, unpack_bias, unpack_matrix
 
 __all__ = ["DeployedCell"]
 
@@ -92,14 +92,9 @@ class DeployedCell(NotCopyable):
         recurrent = unpack_matrix(w["recurrent_packed"], units, fused).copy()
         if "candidate_packed" in w:  # reset_after=False keeps the candidate's recurrent columns apart
             recurrent = np.concatenate([recurrent, unpack_matrix(w["candidate_packed"], units, fused).copy()], axis=1)
-        if "weight_scale" in w:  # int8: one scale per Keras column, row 0 the kernel's, row 1 the recurrent kernel's
-            scales = w["weight_scale"][:, :, :units].reshape(2, 3 * units)
-            kernel = dequantize_int8(kernel, scales[0], self.dtype)
-            recurrent = dequantize_int8(recurrent, scales[1], self.dtype)
-        out = [kernel.astype(self.dtype), recurrent.astype(self.dtype)]
+        out = keras_matrices(kernel, recurrent, w.get("weight_scale"), units, self.dtype)
         if "bias_packed" in w:
-            rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)
-            out.append(rows.copy() if self.config["reset_after"] else rows[0].copy())
+            out.append(unpack_bias(w["bias_packed"], units, self.config["reset_after"]))
         return out
 
     def get_initial_state(self, inputs=None, batch_size=None, dtype=None) -> np.ndarray:

@@ -28,7 +28,7 @@ from .buffers import as_aligned
 from .ffi_args import SequenceOutputs
 from .format import LAYER_FLAGS, ArtifactError, check_declared, weight_dtype
 from .layer_calls import NOT_PLAIN, NotCopyable, SequenceLayerCalls, check_inference_training, kernel_view, max_steps
-from .packing import dequantize_int8, unpack_matrix
+from .packing import keras_matrices, unpack_bias, unpack_matrix
 
 __all__ = ["DeployedGRU", "LAYER_FLAGS", "sequence_weight_shapes", "weight_specs", "frame_weights"]
 
@@ -190,14 +190,9 @@ class DeployedGRU(NotCopyable, SequenceLayerCalls):
         if "candidate_packed" in w:  # reset_after=False: (H, NB, V), rows of the candidate's columns
             cand = w["candidate_packed"]
             recurrent = np.concatenate([recurrent, cand.reshape(cand.shape[0], -1)[:, :units]], axis=1)
-        if "weight_scale" in w:  # int8: one scale per Keras column, row 0 the kernel's, row 1 the recurrent kernel's
-            scales = w["weight_scale"][:, :, :units].reshape(2, 3 * units)
-            kernel = dequantize_int8(kernel, scales[0], self.dtype)
-            recurrent = dequantize_int8(recurrent, scales[1], self.dtype)
-        out = [kernel.astype(self.dtype), recurrent.astype(self.dtype)]
+        out = keras_matrices(kernel, recurrent, w.get("weight_scale"), units, self.dtype)
         if "bias_packed" in w:
-            rows = w["bias_packed"][:, :, :units].reshape(2, 3 * units)
-            out.append(rows.copy() if self.config["reset_after"] else rows[0].copy())
+            out.append(unpack_bias(w["bias_packed"], units, self.config["reset_after"]))
         return out
 
     # ------------------------------------------------------------------ call

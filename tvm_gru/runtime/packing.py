@@ -30,7 +30,7 @@ from .buffers import aligned_empty
 
 __all__ = ["pack_matrix", "unpack_matrix", "pack_bias", "unpack_bias", "layout", "check_storable", "quantize_int8",
            "dequantize_int8", "int8_error_bound", "INT8_LEVELS", "storage_matrices", "scales_packed",
-           "computed_matrices"]
+           "computed_matrices", "keras_matrices"]
 
 INT8_LEVELS = 127  # symmetric: -127..127 (-128 unused, so negating a weight never saturates)
 
@@ -92,6 +92,18 @@ def pack_bias(bias: np.ndarray | None, units: int, lanes: int, dtype) -> np.ndar
 def unpack_bias(packed: np.ndarray, units: int, reset_after: bool) -> np.ndarray:
     rows = packed[:, :, :units].reshape(2, 3 * units)
     return rows.copy() if reset_after else rows[0].copy()
+
+
+def keras_matrices(kernel, recurrent_kernel, weight_scale, units: int, dtype) -> list:
+    """Unpacked stored matrices ``kernel`` (I, 3H) and ``recurrent_kernel`` (H, 3H) -> the Keras-layout weights the
+    kernel multiplies by, in ``dtype``: int8 ones dequantized with the packed column scales ``weight_scale``
+    (2, 3, Hp; None for float storage), float16 ones widened (the inverse of :func:`storage_matrices` up to the
+    storage's rounding)."""
+    if weight_scale is not None:
+        scales = unpack_bias(weight_scale, units, True)  # (2, 3H), laid out like the bias
+        kernel = dequantize_int8(kernel, scales[0], dtype)
+        recurrent_kernel = dequantize_int8(recurrent_kernel, scales[1], dtype)
+    return [np.asarray(kernel).astype(dtype), np.asarray(recurrent_kernel).astype(dtype)]
 
 
 def check_storable(weight_dtype, matrices: dict) -> None:
