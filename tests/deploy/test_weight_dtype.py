@@ -485,6 +485,7 @@ def build_gpu_cases(root: Path, arch: str = CUDA_ARCH) -> Path:
 
 @pytest.fixture(scope="module")
 def gpu_bundle(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "schedules"))  # also when tests/schedules is not collected
     from test_cuda import gpu_bundle_or_skip  # noqa: PLC0415
 
     return gpu_bundle_or_skip("TVM_GRU_CUDA_F16_BUNDLE", lambda: build_gpu_cases(tmp_path_factory.mktemp("cuda_f16")))
